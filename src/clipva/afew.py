@@ -1,0 +1,237 @@
+"""Reading a data set in the AFEW-VA layout: ``001/00000.png`` frames and ``001/001.json`` labels.
+
+The index is one pass over every clip. Each problem found is a `Problem`: fatal ones make the clip or frame
+unusable (with ``on_bad_input: error`` the run stops on the first; with ``skip`` the clip or frame is left
+out), notes are quirks of the real data (a frame without a label, a label without a frame) that are listed
+in the validation report and handled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from clipva.errors import BadInputError
+
+N_LANDMARKS = 68
+VA_RANGE = (-10, 10)
+FRAME_RE = re.compile(r"^(\d+)\.png$")
+CLIP_RE = re.compile(r"^\d+$")
+# Landmarks may stray this far (fraction of the frame size) outside the frame before it is an error.
+LANDMARK_TOLERANCE = 0.05
+
+FRAME_COLUMNS = [
+    "clip_id", "actor", "frame", "path", "width", "height", "labeled", "valence", "arousal",
+    "box_x0", "box_y0", "box_x1", "box_y1", "box_source",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    frame: str | None = None
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        where = f"{self.path} (frame {self.frame})" if self.frame is not None else self.path
+        return f"{where}: {self.message}"
+
+
+def _label(value: object, key: str) -> tuple[float | None, str | None]:
+    if value is None:
+        return None, f"missing {key}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"{key} is not a number ({value!r})"
+    if not math.isfinite(value):
+        return None, f"{key} is not finite ({value!r})"
+    if not VA_RANGE[0] <= value <= VA_RANGE[1]:
+        return None, f"{key} {value} is outside {VA_RANGE[0]}..{VA_RANGE[1]}"
+    return float(value), None
+
+
+def _landmarks(value: object, width: int, height: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        points = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, "landmarks are not a list of [x, y] numbers"
+    if points.shape != (N_LANDMARKS, 2):
+        return None, f"landmarks have shape {points.shape}, expected ({N_LANDMARKS}, 2)"
+    if not np.isfinite(points).all():
+        return None, "landmarks contain NaN or infinite values"
+    tol_x, tol_y = LANDMARK_TOLERANCE * width, LANDMARK_TOLERANCE * height
+    if (
+        points[:, 0].min() < -tol_x
+        or points[:, 1].min() < -tol_y
+        or points[:, 0].max() > width + tol_x
+        or points[:, 1].max() > height + tol_y
+    ):
+        return None, f"landmarks fall outside the {width}x{height} frame"
+    return points, None
+
+
+def read_annotation(path: Path) -> dict:
+    """Parse one clip's JSON and check its structure; raises BadInputError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: annotation file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInputError(f"{path}: malformed JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    if not isinstance(data.get("frames"), dict):
+        raise BadInputError(f"{path}: no 'frames' object")
+    return data
+
+
+def _frame_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG, after checking that its data is complete (CRCs, no truncation)."""
+    with Image.open(path) as img:
+        size = img.size
+        img.verify()
+    return size
+
+
+def scan_clip(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """One clip folder -> its usable frames (FRAME_COLUMNS) and every problem found."""
+    clip_id = folder.name
+    problems: list[Problem] = []
+    json_path = folder / f"{clip_id}.json"
+    pngs = {int(m.group(1)): p for p in folder.iterdir() if (m := FRAME_RE.match(p.name))}
+    if not pngs:
+        return pd.DataFrame(columns=FRAME_COLUMNS), [Problem(str(folder), "clip folder has no frames")]
+    try:
+        data = read_annotation(json_path)
+    except BadInputError as err:
+        return pd.DataFrame(columns=FRAME_COLUMNS), [Problem(str(json_path), str(err).split(": ", 1)[1])]
+    actor = str(data.get("actor") or "")
+    if not actor:
+        actor = f"unknown-{clip_id}"
+        problems.append(Problem(str(json_path), f"no actor given: treated as its own actor {actor!r}", fatal=False))
+    video_id = data.get("video_id")
+    if video_id is not None and str(video_id) != clip_id:
+        problems.append(Problem(str(json_path), f"video_id {video_id!r} disagrees with folder {clip_id!r}"))
+        return pd.DataFrame(columns=FRAME_COLUMNS), problems
+
+    labels: dict[int, dict] = {}
+    for key, entry in data["frames"].items():
+        if not (isinstance(key, str) and key.isdigit()):
+            problems.append(Problem(str(json_path), f"frame key {key!r} is not a frame number"))
+            continue
+        if int(key) not in pngs:
+            problems.append(Problem(str(json_path), "label without a frame (PNG missing)", key, fatal=False))
+            continue
+        labels[int(key)] = entry if isinstance(entry, dict) else {"_bad": entry}
+
+    rows = []
+    for index in sorted(pngs):
+        path, name = pngs[index], f"{index:05d}"
+        try:
+            width, height = _frame_size(path)
+        except Exception as err:  # PIL raises many types for broken files
+            problems.append(Problem(str(path), f"unreadable PNG ({type(err).__name__}: {err})", name))
+            continue
+        row = dict(clip_id=clip_id, actor=actor, frame=index, path=str(path.resolve()), width=width,
+                   height=height, labeled=False, valence=np.nan, arousal=np.nan)  # fmt: skip
+        box = (np.nan,) * 4
+        entry = labels.get(index)
+        if entry is None:
+            if labels or data["frames"]:
+                problems.append(Problem(str(json_path), "frame without a label", name, fatal=False))
+        else:
+            valence, err_v = _label(entry.get("valence"), "valence")
+            arousal, err_a = _label(entry.get("arousal"), "arousal")
+            points, err_l = _landmarks(entry.get("landmarks"), width, height)
+            errors = [e for e in (err_v, err_a, err_l) if e]
+            if errors:
+                problems.append(Problem(str(json_path), "; ".join(errors), name))
+                continue
+            row.update(labeled=True, valence=valence, arousal=arousal)
+            box = (*points.min(axis=0), *points.max(axis=0))
+        row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), box, strict=True))
+        rows.append(row)
+    frames = pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    frames = fill_boxes(frames)
+    if len(frames) == 1:
+        problems.append(Problem(str(folder), "clip has a single frame", fatal=False))
+    if len(frames) and not frames["labeled"].any():
+        problems.append(Problem(str(folder), "clip has no labels: predicted for the submission only", fatal=False))
+    return frames, problems
+
+
+def fill_boxes(frames: pd.DataFrame) -> pd.DataFrame:
+    """Give unlabeled frames the landmark box of the nearest labeled frame of the clip (or none)."""
+    cols = ["box_x0", "box_y0", "box_x1", "box_y1"]
+    has = frames["box_x0"].notna()
+    frames["box_source"] = np.where(has, "landmarks", "none")
+    if has.any() and not has.all():
+        order = frames["frame"].to_numpy()
+        known = order[has.to_numpy()]
+        nearest = known[np.abs(order[:, None] - known[None, :]).argmin(axis=1)]
+        by_frame = frames.set_index("frame")[cols]
+        frames[cols] = by_frame.loc[nearest].to_numpy()
+        frames.loc[~has, "box_source"] = "nearest"
+    return frames
+
+
+def index_dataset(root: str | Path, on_bad_input: str = "error") -> tuple[pd.DataFrame, list[Problem]]:
+    """Scan every clip folder under `root`; returns the frames table and all problems.
+
+    With ``on_bad_input='error'`` the first fatal problem raises BadInputError (naming the file and frame);
+    with ``'skip'`` the bad clips and frames are left out and the problems returned for the report.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: data root does not exist or is not a folder")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and CLIP_RE.match(p.name))
+    if not folders:
+        raise BadInputError(f"{root}: no clip folders (named by number, e.g. 001) found")
+    problems: list[Problem] = []
+    tables = []
+    seen: dict[int, str] = {}
+    for folder in folders:
+        if int(folder.name) in seen:
+            problems.append(Problem(str(folder), f"duplicate clip id: {seen[int(folder.name)]} has the same number"))
+            continue
+        seen[int(folder.name)] = folder.name
+        frames, found = scan_clip(folder)
+        problems += found
+        if on_bad_input == "error" and any(p.fatal for p in found):
+            raise BadInputError(str(next(p for p in found if p.fatal)))
+        if len(frames):
+            tables.append(frames)
+    if not tables:
+        raise BadInputError(f"{root}: no usable clip found ({len(problems)} problems)")
+    return pd.concat(tables, ignore_index=True), problems
+
+
+def write_report(problems: list[Problem], frames: pd.DataFrame, path: str | Path, on_bad_input: str) -> None:
+    """Human-readable validation report: what was found wrong and what was done about it."""
+    fatal = [p for p in problems if p.fatal]
+    notes = [p for p in problems if not p.fatal]
+    lines = [
+        "clipva validation report",
+        f"clips: {frames['clip_id'].nunique()}, frames: {len(frames)}, labeled frames: {int(frames['labeled'].sum())}",
+        f"on_bad_input: {on_bad_input}",
+        "",
+        f"left out ({len(fatal)}):",
+        *(f"  {p}" for p in fatal),
+        "",
+        f"notes ({len(notes)}), handled:",
+        *(f"  {p}" for p in notes),
+    ]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_frames(path: str | Path) -> pd.DataFrame:
+    """The frames table written by the index rule (clip ids kept as strings like '001')."""
+    return pd.read_csv(path, dtype={"clip_id": str, "actor": str, "path": str, "box_source": str},
+                       keep_default_na=False, na_values=[""])  # fmt: skip

@@ -1,0 +1,112 @@
+"""CLIP feature extraction: decode and crop in DataLoader workers, encode in batches, stream to HDF5."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from clipva import __version__
+from clipva.crop import crop_face
+from clipva.encoder import LoadedClip, encode_images
+from clipva.errors import BadInputError
+from clipva.store import ClipFeatures, atomic_h5, write_clip
+
+log = logging.getLogger(__name__)
+BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
+
+
+class FrameCrops(Dataset):
+    """Frames of the index table -> (preprocessed face crop, row number). Decoding happens in workers."""
+
+    def __init__(self, frames: pd.DataFrame, preprocess, crop_method: str, margin: float):
+        self.paths = frames["path"].tolist()
+        self.boxes = frames[BOX].to_numpy(dtype=np.float64) if crop_method == "landmarks" else None
+        self.preprocess = preprocess
+        self.margin = margin
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            with Image.open(self.paths[i]) as img:
+                image = img.convert("RGB")
+        except Exception as err:  # PIL raises many types for broken files
+            raise BadInputError(f"{self.paths[i]}: cannot decode frame ({type(err).__name__}: {err})") from None
+        if self.boxes is not None:
+            image = crop_face(image, tuple(self.boxes[i]), self.margin)
+        return self.preprocess(image), i
+
+
+def shard_clips(clip_ids: list[str], shards: int, shard: int) -> list[str]:
+    """The clips of one shard: round-robin over the sorted clip ids, so shards are balanced and disjoint."""
+    return sorted(clip_ids)[shard::shards]
+
+
+def extract_features(
+    frames: pd.DataFrame,
+    out_path: str,
+    clip: LoadedClip,
+    face_crop: dict,
+    pretrained: str | None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Encode every frame of `frames` (the index table, sorted by clip and frame) into a store at out_path.
+
+    Memory stays flat: only the clip being assembled is held. Returns a small summary (frames, seconds).
+    """
+    frames = frames.sort_values(["clip_id", "frame"], kind="stable").reset_index(drop=True)
+    dataset = FrameCrops(frames, clip.preprocess, face_crop["method"], face_crop.get("margin", 0.0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=clip.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    clip_ids = frames["clip_id"].to_numpy()
+    ends = np.flatnonzero(np.r_[clip_ids[1:] != clip_ids[:-1], True])  # last row of each clip
+    start = time.perf_counter()
+    with atomic_h5(out_path) as f:
+        f.attrs.update(
+            model=clip.model_name, pretrained=str(pretrained), precision=clip.precision,
+            face_crop=json.dumps(face_crop, sort_keys=True), clipva_version=__version__,
+            embed_dim=int(clip.embed_dim),
+        )  # fmt: skip
+        f.create_group("clips")
+        pending: list[np.ndarray] = []  # embeddings of rows first.. not yet written
+        next_end, first = 0, 0
+        bar = tqdm(total=len(frames), unit="frame", disable=not progress, mininterval=5, smoothing=0.1)
+        for images, rows in loader:
+            pending.append(encode_images(clip, images).cpu().numpy())
+            bar.update(len(rows))
+            while next_end < len(ends) and ends[next_end] <= int(rows[-1]):
+                block = np.concatenate(pending)
+                n = int(ends[next_end]) + 1 - first
+                part = frames.iloc[first : first + n]
+                write_clip(
+                    f,
+                    ClipFeatures(
+                        part["clip_id"].iloc[0], block[:n], part["frame"].to_numpy(),
+                        part["valence"].to_numpy(), part["arousal"].to_numpy(),
+                    ),  # fmt: skip
+                    actor=str(part["actor"].iloc[0]),
+                )
+                pending = [block[n:]] if n < len(block) else []
+                first, next_end = first + n, next_end + 1
+        bar.close()
+    seconds = time.perf_counter() - start
+    summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds}
+    log.info("extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s)", summary)
+    return summary

@@ -1,0 +1,132 @@
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
+
+CFG = HeadConfig(in_dim=24, d_model=32, depth=2, heads=4, dropout=0.1, max_len=40, embed_dim=16)
+
+
+def _head(cfg: HeadConfig = CFG) -> TemporalHead:
+    torch.manual_seed(0)
+    return TemporalHead(cfg)
+
+
+def test_shapes_and_ranges():
+    head = _head()
+    x = 5 * torch.randn(3, 17, CFG.in_dim)
+    va, pooled = head(x)
+    assert va.shape == (3, 17, 2) and pooled.shape == (3, CFG.embed_dim)
+    assert va.abs().max() <= 1 and torch.isfinite(pooled).all()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_padding_invariance(grad):
+    head = _head().eval()
+    x = torch.randn(2, 12, CFG.in_dim)
+    with torch.set_grad_enabled(grad):
+        va, pooled = head(x)
+        xp = torch.cat([x, 100 * torch.randn(2, 7, CFG.in_dim)], 1)
+        mask = torch.arange(19) < 12
+        va_p, pooled_p = head(xp, mask.expand(2, -1))
+    torch.testing.assert_close(va_p[:, :12], va, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_p, pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_ragged_batch_matches_single_sequences():
+    head = _head().eval()
+    lens = [5, 11, 8]
+    xs = [torch.randn(n, CFG.in_dim) for n in lens]
+    x = torch.zeros(3, 11, CFG.in_dim)
+    mask = torch.zeros(3, 11, dtype=torch.bool)
+    for i, xi in enumerate(xs):
+        x[i, : len(xi)], mask[i, : len(xi)] = xi, True
+    with torch.no_grad():
+        va, pooled = head(x, mask)
+        for i, xi in enumerate(xs):
+            va_i, pooled_i = head(xi[None])
+            torch.testing.assert_close(va[i, : len(xi)], va_i[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(pooled[i], pooled_i[0], atol=1e-5, rtol=1e-5)
+
+
+def test_masked_frames_do_not_change_pooled():
+    head = _head().eval()
+    x = torch.randn(2, 10, CFG.in_dim)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[:, [2, 7]] = False
+    x2 = x.clone()
+    x2[:, [2, 7]] = torch.randn(2, 2, CFG.in_dim) * 50
+    with torch.no_grad():
+        (va, pooled), (va2, pooled2) = head(x, mask), head(x2, mask)
+    torch.testing.assert_close(pooled2, pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(va2[mask], va[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_too_long_window_errors():
+    head = _head()
+    head(torch.randn(1, CFG.max_len, CFG.in_dim))
+    with pytest.raises(ValueError, match="max_len"):
+        head(torch.randn(1, CFG.max_len + 1, CFG.in_dim))
+
+
+def test_gradients_reach_all_parameters():
+    head = _head().train()
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    va, pooled = head(torch.randn(2, 9, CFG.in_dim), mask)
+    (va.square().sum() + pooled.square().sum()).backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_config_asdict_round_trip():
+    d = json.loads(json.dumps(asdict(CFG)))
+    assert HeadConfig(**d) == CFG
+    a, b = _head(), TemporalHead(HeadConfig(**d))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 6, CFG.in_dim)
+    a.eval(), b.eval()
+    torch.testing.assert_close(a(x)[0], b(x)[0])
+
+
+def test_overfits_neighbour_dependent_targets():
+    torch.manual_seed(0)
+    cfg = HeadConfig(in_dim=8, d_model=32, depth=2, heads=4, dropout=0.0, max_len=32, embed_dim=8)
+    head = TemporalHead(cfg)
+    x = torch.randn(16, 24, cfg.in_dim)
+    prev, nxt = torch.roll(x, 1, dims=1), torch.roll(x, -1, dims=1)  # neighbouring frames (circular)
+    y = 0.8 * torch.tanh(torch.stack([prev[..., 0] - nxt[..., 1], prev[..., 2] * nxt[..., 3]], -1))
+    const_mse = y.var(dim=(0, 1), unbiased=False).mean().item()
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = (head(x)[0] - y).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    with torch.no_grad():
+        mse = (head(x)[0] - y).square().mean().item()
+    assert mse < 0.05 * const_mse, (mse, const_mse)
+
+
+def test_frame_feature_augment():
+    x = torch.randn(4, 50, 16) * 3
+    g = torch.Generator().manual_seed(0)
+    out = frame_feature_augment(x, noise_std=0.1, drop_prob=0.3, generator=g)
+    assert out.shape == x.shape and out is not x
+    dropped = (out == 0).all(-1)
+    assert 0.15 < dropped.float().mean() < 0.45
+    noise = (out - x)[~dropped]
+    assert 0.2 < noise.std() < 0.4  # 0.1 * std(x) ~ 0.3
+    same = frame_feature_augment(x, 0.1, 0.3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, out)
+    clean = frame_feature_augment(x, 0.0, 0.0)
+    torch.testing.assert_close(clean, x)
+    assert clean.data_ptr() != x.data_ptr()
+    with pytest.raises(ValueError):
+        frame_feature_augment(x, -1.0, 0.0)
+    with pytest.raises(ValueError):
+        frame_feature_augment(x, 0.0, 1.5)
