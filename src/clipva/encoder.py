@@ -18,6 +18,7 @@ from clipva.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INIT_SEED = 0  # seed of the random initialisation when clip.pretrained is null
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,7 +76,10 @@ def check_pretrained(model: str, pretrained: str | None) -> None:
     if pretrained in tags:
         if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
             # Offline: open_clip may still find the weights in the local cache; never retry for a minute.
+            import huggingface_hub.constants
+
             os.environ["HF_HUB_OFFLINE"] = "1"
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
         return
     path = Path(pretrained).expanduser()
     if path.is_file():
@@ -121,16 +125,25 @@ def load_clip(model: str, pretrained: str | None, precision: str = "auto", devic
     prec = resolve_precision(precision, dev)
     local = Path(pretrained).expanduser() if pretrained else None
     source = str(local) if local is not None and local.is_file() else pretrained
+    # Random initialisation is seeded: every job (extraction shards, text embeddings) builds the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        clip_model, preprocess = _create(model, source, prec, dev, pretrained)
+    clip_model.eval()
+    return LoadedClip(clip_model, model, preprocess, open_clip.get_tokenizer(model), prec, dev)
+
+
+def _create(model: str, source: str | None, prec: str, dev: torch.device, pretrained: str | None):
     try:
         clip_model, _, preprocess = open_clip.create_model_and_transforms(
             model, pretrained=source, precision=prec, device=dev, weights_only=True
         )
-    except RuntimeError as err:
+    except Exception as err:  # open_clip, huggingface_hub and torch.load raise many types
         if pretrained is None:
             raise
-        raise ConfigError(f"clip.pretrained: could not load {pretrained!r} for {model}: {err}") from err
-    clip_model.eval()
-    return LoadedClip(clip_model, model, preprocess, open_clip.get_tokenizer(model), prec, dev)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"clip.pretrained: could not load {pretrained!r} for {model}: {reason}") from None
+    return clip_model, preprocess
 
 
 @torch.no_grad()

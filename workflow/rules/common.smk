@@ -1,6 +1,16 @@
 import hashlib
 import importlib.util
+import os
+import sys
 from pathlib import Path
+
+# Jobs run the clipva next to this Snakefile (also in a conda env or on a cluster node that lacks the
+# editable install), and code_version() hashes exactly that code.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+)
 
 RUN = config["run"]
 RUN_DIR = f"results/runs/{RUN}"
@@ -9,7 +19,7 @@ FRAMES = "results/index/frames.csv"
 CLIPS = "results/index/clips.csv"
 REPORT = "results/index/validation_report.txt"
 N_SHARDS = config["features"]["shards"]
-SHARD = "results/features/shards/{shard}-of-" + str(N_SHARDS) + ".h5"
+SHARD = f"results/features/shards/{{shard}}-of-{N_SHARDS}.h5"
 FEATURES = "results/features/features.h5"
 
 
@@ -20,10 +30,12 @@ def dataset_root():
 
 
 def code_version(*modules):
-    """A hash of the clipva modules a rule runs: editing them reruns the rule (Snakemake sees params)."""
+    """A hash of the clipva modules that a job runs, for its params: editing them makes the job stale."""
     digest = hashlib.sha256()
     for module in modules:
-        digest.update(Path(importlib.util.find_spec(f"clipva.{module}").origin).read_bytes())
+        digest.update(
+            Path(importlib.util.find_spec(f"clipva.{module}").origin).read_bytes()
+        )
     return digest.hexdigest()[:12]
 
 

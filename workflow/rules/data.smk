@@ -1,11 +1,13 @@
 rule demo:
     output:
         directory(DEMO_ROOT),
+    log:
+        "logs/demo.log",
+    conda:
+        "../../envs/clipva.yaml"
     params:
         demo=config["demo"],
         code=code_version("demo"),
-    log:
-        "logs/demo.log",
     script:
         "../scripts/demo.py"
 
@@ -16,11 +18,13 @@ rule index:
     output:
         frames=FRAMES,
         report=REPORT,
+    log:
+        "logs/index.log",
+    conda:
+        "../../envs/clipva.yaml"
     params:
         on_bad_input=config["dataset"]["on_bad_input"],
         code=code_version("afew"),
-    log:
-        "logs/index.log",
     script:
         "../scripts/index.py"
 
@@ -30,10 +34,12 @@ rule split:
         FRAMES,
     output:
         CLIPS,
+    log:
+        "logs/split.log",
+    conda:
+        "../../envs/clipva.yaml"
     params:
         split=config["split"],
         code=code_version("splits"),
-    log:
-        "logs/split.log",
     script:
         "../scripts/split.py"

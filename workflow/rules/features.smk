@@ -3,20 +3,22 @@ rule extract_features:
         FRAMES,
     output:
         SHARD,
-    params:
-        clip=config["clip"],
-        face_crop=config["face_crop"],
-        shards=N_SHARDS,
-        code=code_version("extract", "encoder", "crop", "store"),
+    log:
+        f"logs/features/extract-{{shard}}-of-{N_SHARDS}.log",
+    benchmark:
+        f"benchmarks/out/extract-{{shard}}-of-{N_SHARDS}.tsv"
+    conda:
+        "../../envs/clipva.yaml"
     threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,
-    log:
-        "logs/features/extract-{shard}-of-" + str(N_SHARDS) + ".log",
-    benchmark:
-        "benchmarks/out/extract-{shard}-of-" + str(N_SHARDS) + ".tsv"
+    params:
+        clip=config["clip"],
+        face_crop=config["face_crop"],
+        shards=N_SHARDS,
+        code=code_version("extract", "encoder", "crop", "store"),
     script:
         "../scripts/extract_features.py"
 
@@ -26,10 +28,12 @@ rule merge_features:
         expand(SHARD, shard=range(N_SHARDS)),
     output:
         FEATURES,
-    params:
-        code=code_version("store"),
     log:
         "logs/features/merge.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        code=code_version("store"),
     script:
         "../scripts/merge_features.py"
 

@@ -1,0 +1,65 @@
+"""Checkpoints of the temporal head, and resumable training state.
+
+Everything is saved as tensors and plain values and loaded with ``weights_only=True``; files are written
+under a temporary name and renamed, so a killed job never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from clipva.head import HeadConfig, TemporalHead
+
+
+def atomic_save(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_head(path: str | Path, head: TemporalHead, window: dict, **extra) -> None:
+    """The head's weights with its architecture and window settings (needed to rebuild and apply it)."""
+    atomic_save({"head_config": asdict(head.cfg), "window": window, "state_dict": head.state_dict(), **extra}, path)
+
+
+def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[TemporalHead, dict]:
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    head = TemporalHead(HeadConfig(**ckpt["head_config"])).to(device)
+    head.load_state_dict(ckpt["state_dict"])
+    return head, ckpt
+
+
+def fingerprint(config: dict, inputs: list[str]) -> str:
+    """Identifies a training job: its settings and the exact input files (size and modification time)."""
+    stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+    return hashlib.sha256(json.dumps([config, stamp], sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ResumeState:
+    """Training state saved after every completed epoch, beside (not inside) the rule's outputs.
+
+    A state written for other settings or other inputs (another fingerprint) is ignored.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path, self.fingerprint = Path(path), fingerprint
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        atomic_save({**state, "fingerprint": self.fingerprint}, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

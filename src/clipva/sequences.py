@@ -1,0 +1,73 @@
+"""Clips as sequences of frame features: splits from the store, window batches, windowed prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipva.head import TemporalHead
+from clipva.splits import read_clips
+from clipva.store import ClipFeatures, FeatureStore
+from clipva.windows import merge_windows, sample_window, window_starts
+
+VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
+
+
+def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dict[str, list[ClipFeatures]]:
+    """The clips of each requested split, read from the feature store."""
+    clips = read_clips(clips_csv)
+    with FeatureStore(store_path) as store:
+        missing = sorted(set(clips["clip_id"]) - set(store.clip_ids))
+        if missing:
+            raise ValueError(f"{store_path}: clips {missing[:5]} of {clips_csv} are not in the store; re-extract")
+        return {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
+
+
+def sample_windows(clips: list[ClipFeatures], length: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """One epoch of random training windows (clip, start, stop): about one window per `length` frames, so
+    each frame is seen about once per epoch and long clips are sampled more often."""
+    sizes = np.array([len(c.features) for c in clips])
+    n = max(1, int(sizes.sum()) // length)
+    picks = rng.choice(len(clips), size=n, p=sizes / sizes.sum())
+    return [(int(i), *sample_window(int(sizes[i]), length, rng)) for i in picks]
+
+
+def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    """Pad windows into tensors: x (B, T, D), y (B, T, 2) in [-1, 1] (NaN unlabeled), mask (B, T)."""
+    length = max(stop - start for _, start, stop in windows)
+    dim = clips[0].features.shape[1]
+    x = np.zeros((len(windows), length, dim), dtype=np.float32)
+    y = np.full((len(windows), length, 2), np.nan, dtype=np.float32)
+    mask = np.zeros((len(windows), length), dtype=bool)
+    for b, (i, start, stop) in enumerate(windows):
+        n = stop - start
+        x[b, :n] = clips[i].features[start:stop]
+        y[b, :n] = clips[i].labels[start:stop] / VA_SCALE
+        mask[b, :n] = True
+    return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
+
+
+@torch.no_grad()
+def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: int,
+                 device: torch.device | str = "cpu") -> np.ndarray:  # fmt: skip
+    """Per-frame (n_frames, 2) predictions in [-1, 1]: overlapping windows merged back into one per frame."""
+    head.eval()
+    starts = window_starts(len(features), length, stride)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
+    preds = [head(x[None, s : s + length])[0][0].float().cpu().numpy() for s in starts]
+    return merge_windows(len(features), starts, preds)
+
+
+def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, length: int, stride: int,
+                      device: torch.device | str = "cpu") -> pd.DataFrame:  # fmt: skip
+    """Predictions and annotations of every frame of `clips`, on the annotation scale (-10..10)."""
+    rows = []
+    for clip in clips:
+        pred = predict_clip(head, clip.features, length, stride, device) * VA_SCALE
+        rows.append(pd.DataFrame({
+            "clip_id": clip.clip_id, "frame": clip.frame_index, "split": split,
+            "valence_pred": pred[:, 0], "arousal_pred": pred[:, 1],
+            "valence": clip.valence, "arousal": clip.arousal,
+        }))  # fmt: skip
+    return pd.concat(rows, ignore_index=True)

@@ -1,0 +1,257 @@
+"""The two training stages of the temporal head: contrastive pretraining and regression fine-tuning.
+
+Randomness is drawn per epoch from (seed, epoch), so a run resumed after its last completed epoch takes
+exactly the same path as an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipva.checkpoints import ResumeState
+from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
+from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
+from clipva.metrics import ccc
+from clipva.sequences import VA_SCALE, collate, predict_clip, sample_windows
+from clipva.store import ClipFeatures
+from clipva.windows import sample_window
+
+log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+
+VALENCE_WORDS = {
+    2: ["unpleasant", "pleasant"],
+    3: ["unpleasant", "neutral", "pleasant"],
+    4: ["very unpleasant", "mildly unpleasant", "mildly pleasant", "very pleasant"],
+    5: ["very unpleasant", "unpleasant", "neutral", "pleasant", "very pleasant"],
+}
+AROUSAL_WORDS = {
+    2: ["calm", "excited"],
+    3: ["calm", "alert", "excited"],
+    4: ["sleepy", "calm", "alert", "excited"],
+    5: ["sleepy", "calm", "alert", "excited", "agitated"],
+}
+
+
+def emotion_prompts(bins: int) -> list[str]:
+    """One description per (valence bin, arousal bin); index = valence_bin * bins + arousal_bin."""
+    return [
+        f"a photo of a face with a {v} expression, looking {a}"
+        for v in VALENCE_WORDS[bins]
+        for a in AROUSAL_WORDS[bins]
+    ]
+
+
+def emotion_bins(va: np.ndarray, bins: int) -> np.ndarray:
+    """(N, 2) valence/arousal in -1..1 -> bin index per row (equal-width bins per dimension)."""
+    levels = np.clip(((va + 1) / 2 * bins).astype(int), 0, bins - 1)
+    return levels[:, 0] * bins + levels[:, 1]
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    torch.manual_seed(seed * 100_003 + epoch)
+    return np.random.default_rng([seed, epoch])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _batches(windows: list, batch_size: int) -> list[list]:
+    return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class PretrainModel(nn.Module):
+    """The head plus the projection of its pooled embedding into CLIP's text space (pretraining only)."""
+
+    def __init__(self, head: TemporalHead, text_dim: int):
+        super().__init__()
+        self.head = head
+        self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
+
+
+def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg: dict,
+             text_emb: np.ndarray | None, resume: ResumeState | None = None,
+             device: torch.device = CPU) -> tuple[TemporalHead, list[dict]]:  # fmt: skip
+    """Contrastive pretraining: vision-language (window embedding vs. CLIP text embedding of its emotion bin)
+    and temporal (two windows of one clip are positives). Returns the head and the loss history."""
+    torch.manual_seed(cfg["seed"])
+    objectives = set(cfg["objectives"])
+    if "vision_language" in objectives and text_emb is None and cfg["epochs"] > 0:
+        raise ValueError("pretrain: the vision_language objective needs the text embeddings")
+    head = TemporalHead(head_cfg)
+    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+    model = PretrainModel(head, text_emb.shape[1] if text_emb is not None else 1).to(device)
+    text = torch.as_tensor(text_emb, dtype=torch.float32, device=device) if text_emb is not None else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    history: list[dict] = []
+    start = 0
+    state = resume.load() if resume else None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"] + 1
+        log.info("pretrain: resuming after epoch %d", state["epoch"])
+    length = window["window"]
+    for epoch in range(start, cfg["epochs"]):
+        rng = epoch_rng(cfg["seed"], epoch)
+        model.train()
+        sums = {"loss": 0.0, "vision_language": 0.0, "temporal": 0.0}
+        steps = 0
+        for batch_windows in _batches(sample_windows(train, length, rng), cfg["batch_size"]):
+            if len(batch_windows) < 2:
+                continue
+            view2 = [(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in batch_windows]
+            a, b = _to(collate(train, batch_windows), device), _to(collate(train, view2), device)
+            gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+            xa = frame_feature_augment(a["x"], cfg["feature_noise"], cfg["frame_drop"], gen)
+            xb = frame_feature_augment(b["x"], cfg["feature_noise"], cfg["frame_drop"], gen)
+            _, za = model.head(xa, a["mask"])
+            loss = torch.zeros((), device=device)
+            if "temporal" in objectives:
+                _, zb = model.head(xb, b["mask"])
+                clip_ids = torch.tensor([i for i, _, _ in batch_windows], device=device)
+                part = temporal_contrastive_loss(za, zb, cfg["temperature"], clip_ids)
+                sums["temporal"] += part.item()
+                loss = loss + part
+            if "vision_language" in objectives:
+                labeled = torch.isfinite(a["y"][..., 0]) & a["mask"]
+                has = labeled.any(1)
+                if has.sum() >= 2:
+                    mean_va = torch.nan_to_num(a["y"]).sum(1) / labeled.sum(1, keepdim=True).clamp_min(1)
+                    bins = torch.as_tensor(emotion_bins(mean_va[has].cpu().numpy(), cfg["bins"]), device=device)
+                    part = vision_language_loss(model.to_text(za[has]), text, bins, cfg["temperature"])
+                    sums["vision_language"] += part.item()
+                    loss = loss + part
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] += loss.item()
+            steps += 1
+        record = {"epoch": epoch, **{k: v / max(1, steps) for k, v in sums.items()}}
+        history.append(record)
+        log.info("pretrain epoch %d/%d: loss %.4f (vision_language %.4f, temporal %.4f)", epoch + 1,
+                 cfg["epochs"], record["loss"], record["vision_language"], record["temporal"])  # fmt: skip
+        if resume:
+            resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+                         "epoch": epoch})  # fmt: skip
+    return model.head.cpu(), history
+
+
+def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, device: torch.device) -> dict:
+    """CCC of each dimension over all labeled frames of `clips` (pooled), and their mean."""
+    preds, trues = [], []
+    for clip in clips:
+        pred = predict_clip(head, clip.features, window["window"], window["stride"], device)
+        preds.append(pred[clip.labeled])
+        trues.append(clip.labels[clip.labeled] / VA_SCALE)
+    p, t = np.concatenate(preds), np.concatenate(trues)
+    scores = {dim: ccc(p[:, k], t[:, k]) for k, dim in enumerate(("valence", "arousal"))}
+    return {**scores, "mean": float(np.nanmean(list(scores.values())))}
+
+
+@torch.no_grad()
+def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: list[ClipFeatures], window: dict,
+                           alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> dict:  # fmt: skip
+    """Start fine-tuning from the best linear probe: fit ridge regressions of atanh(labels) on the whitened
+    features of the labeled training frames, keep the one of the best validation mean CCC in the head's
+    linear path, and zero the transformer's output so the head predicts exactly that probe."""
+    x = torch.from_numpy(np.concatenate([c.features[c.labeled] for c in train]))
+    y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
+    z = head.whiten(x.to(head.feature_mean.device)).double()
+    target = torch.from_numpy(np.arctanh(np.clip(y, -0.95, 0.95))).to(z)
+    zm, tm = z.mean(0), target.mean(0)
+    gram = (z - zm).T @ (z - zm)
+    nn.init.zeros_(head.va.weight)
+    nn.init.zeros_(head.va.bias)
+    scores = {}
+    for alpha in alphas:
+        w = torch.linalg.solve(gram + alpha * len(z) * torch.eye(len(gram), dtype=z.dtype), (z - zm).T @ (target - tm))
+        head.linear.weight.copy_(w.T)
+        head.linear.bias.copy_(tm - zm @ w)
+        scores[alpha] = (validation_ccc(head, val, window, head.feature_mean.device)["mean"], w.T.clone(),
+                         (tm - zm @ w).clone())  # fmt: skip
+    alpha = max(scores, key=lambda a: scores[a][0])
+    head.linear.weight.copy_(scores[alpha][1])
+    head.linear.bias.copy_(scores[alpha][2])
+    log.info("finetune: linear path from ridge (alpha %g), val mean CCC %.3f", alpha, scores[alpha][0])
+    return {"alpha": alpha, "val_mean_ccc": scores[alpha][0]}
+
+
+def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalHead, window: dict, cfg: dict,
+             resume: ResumeState | None = None,
+             device: torch.device = CPU) -> tuple[TemporalHead, list[dict], dict]:  # fmt: skip
+    """Per-frame regression of valence and arousal (scaled to -1..1) with AdamW, warm-up and cosine decay;
+    keeps the head of the best validation mean CCC and stops after `patience` epochs without improvement.
+    Returns (best head, history, best record)."""
+    torch.manual_seed(cfg["seed"])
+    head = head.to(device)
+    if cfg["linear_init"]:
+        init_linear_from_ridge(head, train, val, window)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    length = window["window"]
+    steps_per_epoch = math.ceil(max(1, sum(len(c.features) for c in train) // length) / cfg["batch_size"])
+    scheduler = warmup_cosine(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
+    history: list[dict] = []
+    start_scores = validation_ccc(head, val, window, device)
+    best = {"epoch": -1, "val_mean_ccc": start_scores["mean"]}  # the starting point counts as a candidate
+    best_state = copy.deepcopy(head.state_dict())
+    start, bad_epochs = 0, 0
+    state = resume.load() if resume else None
+    if state:
+        head.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, best_state, bad_epochs = state["history"], state["best"], state["best_state"], state["bad"]
+        start = state["epoch"] + 1
+        log.info("finetune: resuming after epoch %d", state["epoch"])
+    for epoch in range(start, cfg["epochs"]):
+        if bad_epochs >= cfg["patience"]:
+            break
+        rng = epoch_rng(cfg["seed"], epoch)
+        head.train()
+        total, steps = 0.0, 0
+        for batch_windows in _batches(sample_windows(train, length, rng), cfg["batch_size"]):
+            batch = _to(collate(train, batch_windows), device)
+            pred, _ = head(batch["x"], batch["mask"])
+            labeled = batch["mask"] & torch.isfinite(batch["y"]).all(-1)
+            loss = regression_loss(pred, batch["y"], labeled, cfg["loss"], cfg["ccc_weight"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total, steps = total + loss.item(), steps + 1
+        scores = validation_ccc(head, val, window, device)
+        record = {"epoch": epoch, "train_loss": total / max(1, steps), "val_ccc_valence": scores["valence"],
+                  "val_ccc_arousal": scores["arousal"], "val_mean_ccc": scores["mean"],
+                  "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+        history.append(record)
+        if record["val_mean_ccc"] > best["val_mean_ccc"]:
+            best, bad_epochs = record, 0
+            best_state = copy.deepcopy(head.state_dict())
+        else:
+            bad_epochs += 1
+        log.info("finetune epoch %d/%d: loss %.4f, val CCC valence %.3f arousal %.3f mean %.3f%s", epoch + 1,
+                 cfg["epochs"], record["train_loss"], scores["valence"], scores["arousal"], scores["mean"],
+                 " (best)" if best is record else "")  # fmt: skip
+        if resume:
+            resume.save({"model": head.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                         "best_state": best_state, "bad": bad_epochs, "epoch": epoch})  # fmt: skip
+    head.load_state_dict(best_state)
+    return head.cpu(), history, best

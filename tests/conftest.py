@@ -1,0 +1,52 @@
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clipva.demo import make_demo
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake") or "snakemake"
+
+TINY_CONFIG = {
+    "clip": {"model": "clipva-tiny"},
+    "demo": {"n_clips": 14, "n_actors": 4, "min_frames": 12, "max_frames": 24, "seed": 0},
+    "head": {"d_model": 32, "depth": 1, "heads": 2, "embed_dim": 32, "window": 16, "stride": 8},
+    "pretrain": {"epochs": 2, "batch_size": 8},
+    "finetune": {"epochs": 4, "batch_size": 8, "patience": 10},
+    "evaluate": {"n_timeseries_clips": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small synthetic AFEW-VA data set, shared by the unit tests (read-only)."""
+    root = tmp_path_factory.mktemp("demo") / "afew-va"
+    make_demo(root, n_clips=10, n_actors=4, min_frames=8, max_frames=16, seed=1)
+    return root
+
+
+def write_config(workdir: Path, overrides: dict | None = None) -> Path:
+    config = json.loads(json.dumps(TINY_CONFIG))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            config.setdefault(key, {}).update(value)
+        else:
+            config[key] = value
+    path = workdir / "test-config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
+                  timeout: int = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the real workflow of this repository in `workdir` with the tiny test configuration."""
+    config = write_config(workdir, overrides)
+    cmd = [SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--configfile", str(config)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,21 @@
+"""The house style is checked, not hoped for: ruff on the code, snakefmt on the workflow."""
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["ruff", "check", "src", "tests", "workflow/scripts", "benchmarks"],
+        ["snakefmt", "--check", "Snakefile", "workflow/rules"],
+    ],
+)
+def test_clean(cmd):
+    if shutil.which(cmd[0]) is None:
+        pytest.skip(f"{cmd[0]} is not installed (pip install -e '.[test]')")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

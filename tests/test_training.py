@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+import clipva.training as training
+from clipva.checkpoints import ResumeState, load_head, save_head
+from clipva.evaluation import constant_baseline, ridge_probe
+from clipva.head import HeadConfig, TemporalHead
+from clipva.store import ClipFeatures
+from clipva.training import emotion_bins, emotion_prompts, finetune, pretrain, validation_ccc
+
+WINDOW = {"window": 12, "stride": 6}
+PRETRAIN = {"epochs": 2, "objectives": ["vision_language", "temporal"], "batch_size": 8, "lr": 1e-3,
+            "weight_decay": 0.01, "temperature": 0.1, "bins": 3, "feature_noise": 0.1, "frame_drop": 0.1,
+            "seed": 0}  # fmt: skip
+FINETUNE = {"epochs": 6, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup_epochs": 1, "loss": "mix",
+            "ccc_weight": 0.5, "patience": 20, "seed": 0, "linear_init": True}  # fmt: skip
+
+
+def _clips(n, seed, dim=16):
+    """Features that encode smoothed labels linearly, plus noise: learnable, but not trivially."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(size=(2, dim))
+    clips = []
+    for k in range(n):
+        t = rng.integers(10, 30)
+        va = np.clip(np.cumsum(rng.normal(0, 1.5, (t, 2)), 0) + rng.uniform(-6, 6, 2), -10, 10).round()
+        x = va @ mix / 10 + rng.normal(0, 1.0, (t, dim))  # noisy frames: temporal context helps
+        valence, arousal = va[:, 0].astype(np.float32), va[:, 1].astype(np.float32)
+        valence[0] = arousal[0] = np.nan  # a frame without a label
+        clips.append(ClipFeatures(f"{seed}{k:03d}", x.astype(np.float32), np.arange(t), valence, arousal))
+    return clips
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": _clips(24, 0), "val": _clips(6, 1), "test": _clips(6, 2)}
+
+
+def _head(dim=16):
+    torch.manual_seed(0)
+    return TemporalHead(HeadConfig(in_dim=dim, d_model=32, depth=1, heads=2, embed_dim=16, dropout=0.0))
+
+
+def test_prompts_and_bins():
+    prompts = emotion_prompts(3)
+    assert len(prompts) == 9 and len(set(prompts)) == 9
+    assert "unpleasant" in prompts[0] and "calm" in prompts[0] and "pleasant" in prompts[-1]
+    bins = emotion_bins(np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, -0.9], [0.99, -0.99]]), 3)
+    assert bins.tolist() == [0, 8, 3, 6]
+
+
+def test_pretraining_learns_and_finetuning_beats_the_ridge_probe(data):
+    text = np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32)
+    cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, dropout=0.0)
+    head, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 8}, text)
+    assert len(history) == 8 and history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["vision_language"] > 0 and history[-1]["temporal"] > 0
+    tuned, hist, best = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 15})
+    assert best["val_mean_ccc"] == max(r["val_mean_ccc"] for r in hist)
+    test = validation_ccc(tuned, data["test"], WINDOW, torch.device("cpu"))
+    probe = ridge_probe(data["train"], data["val"], data["test"])["test"]["mean_ccc"]
+    constant = constant_baseline(data["train"], data["test"])["mean_ccc"]
+    assert test["mean"] > 0.7 and test["mean"] > probe and abs(constant) < 1e-9  # 0.89 vs 0.84 when written
+
+
+def test_zero_pretraining_epochs_return_an_initialised_head(data):
+    cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16)
+    head, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 0}, None)
+    assert history == [] and isinstance(head, TemporalHead)
+    with pytest.raises(ValueError, match="text embeddings"):
+        pretrain(data["train"], cfg, WINDOW, PRETRAIN, None)
+
+
+def test_finetune_is_reproducible_and_resumes_to_the_same_result(data, tmp_path, monkeypatch):
+    full, full_hist, _ = finetune(data["train"], data["val"], _head(), WINDOW, FINETUNE)
+    again, again_hist, _ = finetune(data["train"], data["val"], _head(), WINDOW, FINETUNE)
+    assert full_hist == again_hist
+
+    state = ResumeState(tmp_path / "state.pt", "fingerprint-a")
+    seen = {"epoch": None, "steps": 0}
+    real_rng, real_loss = training.epoch_rng, training.regression_loss
+
+    def tracking_rng(seed, epoch):
+        seen["epoch"], seen["steps"] = epoch, 0
+        return real_rng(seed, epoch)
+
+    def killed_mid_epoch_4(*args, **kwargs):
+        seen["steps"] += 1
+        if seen["epoch"] == 3 and seen["steps"] == 2:
+            raise KeyboardInterrupt  # like a kill in the middle of the 4th epoch
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "epoch_rng", tracking_rng)
+    monkeypatch.setattr(training, "regression_loss", killed_mid_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(data["train"], data["val"], _head(), WINDOW, FINETUNE, state)
+    assert torch.load(state.path, weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(training, "regression_loss", real_loss)
+    resumed, resumed_hist, _ = finetune(data["train"], data["val"], _head(), WINDOW, FINETUNE, state)
+    assert resumed_hist == full_hist
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # a state saved for other settings is ignored
+    assert ResumeState(state.path, "fingerprint-b").load() is None
+
+
+def test_head_checkpoint_round_trip(tmp_path):
+    head = _head()
+    save_head(tmp_path / "h.pt", head, WINDOW, best={"epoch": 3})
+    loaded, ckpt = load_head(tmp_path / "h.pt")
+    assert ckpt["window"] == WINDOW and ckpt["best"] == {"epoch": 3}
+    x = torch.randn(1, 10, 16)
+    head.eval()
+    loaded.eval()
+    assert torch.equal(head(x)[0], loaded(x)[0])

@@ -1,0 +1,127 @@
+"""End-to-end: the real snakemake on a tiny demo with the tiny CLIP architecture."""
+
+import json
+import re
+import shutil
+
+import h5py
+import pandas as pd
+import pytest
+from conftest import run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+def _planned(proc) -> set[str]:
+    """Rules a dry run would execute (from its job-stats table)."""
+    table = proc.stdout.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in proc.stdout else ""
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    run_snakemake(workdir)
+    return workdir
+
+
+def test_main_job_produces_submission_metrics_and_plots(finished):
+    clips = pd.read_csv(finished / "results/index/clips.csv", dtype={"clip_id": str})
+    frames = pd.read_csv(finished / "results/index/frames.csv", dtype={"clip_id": str})
+    sub = pd.read_csv(finished / "results/submission.csv", dtype={"clip_id": str})
+    assert list(sub.columns) == ["clip_id", "frame", "valence", "arousal"]
+    wanted = clips.loc[clips["split"].isin(["test", "unlabeled"]), "clip_id"]
+    assert "unlabeled" in set(clips["split"])
+    expected = frames[frames["clip_id"].isin(wanted)][["clip_id", "frame"]].sort_values(["clip_id", "frame"])
+    assert sub[["clip_id", "frame"]].values.tolist() == expected.values.tolist()
+    assert sub[["valence", "arousal"]].abs().max().max() <= 10
+    metrics = json.loads((finished / "results/runs/main/eval/metrics.json").read_text())
+    for view in ("pooled", "per_clip"):
+        for dim in ("valence", "arousal"):
+            assert set(metrics[view][dim]) >= {"rmse", "pcc", "ccc", "sagr"}
+    assert {"constant", "ridge_probe"} <= set(metrics["baselines"])
+    for name in ("curves", "scatter", "timeseries", "circumplex"):
+        png = finished / f"results/runs/main/eval/plots/{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with h5py.File(finished / "results/features/features.h5") as f:
+        assert sorted(f["clips"]) == sorted(frames["clip_id"].unique())
+    assert (finished / "logs/main/finetune.log").read_text().count("finetune epoch") >= 1
+    assert not (finished / "results/runs/main/.state/finetune.pt").exists()  # cleared once finished
+
+
+def test_second_run_does_nothing(finished):
+    proc = run_snakemake(finished, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"finetune": {"lr": 0.002}}, {"finetune", "evaluate", "plots", "submission", "all"}),
+        ({"pretrain": {"temperature": 0.2}}, {"pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
+        ({"split": {"seed": 3}}, {"split", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
+        ({"evaluate": {"n_timeseries_clips": 1}}, {"plots", "submission", "all"}),
+        ({"face_crop": {"margin": 0.3}},
+         {"extract_features", "merge_features", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
+        ({"clip": {"model": "clipva-tiny", "precision": "bf16"}},
+         {"extract_features", "merge_features", "text_embeddings", "pretrain", "finetune", "evaluate", "plots",
+          "submission", "all"}),
+    ],
+)  # fmt: skip
+def test_an_edit_reruns_exactly_what_depends_on_it(finished, override, expected):
+    assert _planned(run_snakemake(finished, "-n", overrides=override)) == expected
+
+
+def test_training_is_reproducible(finished, tmp_path):
+    before = json.loads((finished / "results/runs/main/eval/metrics.json").read_text())
+    shutil.copytree(finished / "results", tmp_path / "results")
+    run_snakemake(tmp_path, "--forcerun", "pretrain")
+    after = json.loads((tmp_path / "results/runs/main/eval/metrics.json").read_text())
+    assert after["pooled"] == before["pooled"]
+
+
+def test_sharded_extraction_equals_one_store(finished, tmp_path):
+    shutil.copytree(finished / "results/demo", tmp_path / "results/demo")
+    run_snakemake(tmp_path, "features", overrides={"features": {"shards": 3}})
+    assert len(list((tmp_path / "results/features/shards").glob("*-of-3.h5"))) == 3
+    one, sharded = finished / "results/features/features.h5", tmp_path / "results/features/features.h5"
+    with h5py.File(one) as a, h5py.File(sharded) as b:
+        assert sorted(a["clips"]) == sorted(b["clips"])
+        for clip_id in a["clips"]:
+            assert (a[f"clips/{clip_id}/frame_index"][()] == b[f"clips/{clip_id}/frame_index"][()]).all()
+            # the same random-init model in each job: identical features
+            assert abs(a[f"clips/{clip_id}/features"][()] - b[f"clips/{clip_id}/features"][()]).max() < 1e-4
+
+
+def test_bad_config_is_rejected_naming_the_key(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", overrides={"split": {"method": "by_magic"}}, check=False)
+    assert proc.returncode != 0
+    assert "by_magic" in proc.stderr + proc.stdout and "method" in proc.stderr + proc.stdout
+    proc = run_snakemake(tmp_path, "-n", overrides={"finetune": {"epochz": 3}}, check=False)
+    assert proc.returncode != 0 and "epochz" in proc.stderr + proc.stdout
+
+
+def test_bad_input_stops_with_the_file_named_and_no_output(tmp_path):
+    data = tmp_path / "data"
+    from clipva.demo import make_demo
+
+    make_demo(data, n_clips=6, n_actors=3, min_frames=5, max_frames=8)
+    (data / "003" / "003.json").write_text("{broken")
+    proc = run_snakemake(tmp_path, "features", overrides={"dataset": {"root": str(data)}}, check=False)
+    assert proc.returncode != 0
+    assert "003/003.json: malformed JSON" in (tmp_path / "logs/index.log").read_text()
+    assert not (tmp_path / "results/index/frames.csv").exists()
+    proc = run_snakemake(tmp_path, "features", overrides={"dataset": {"root": str(data), "on_bad_input": "skip"}})
+    report = (tmp_path / "results/index/validation_report.txt").read_text()
+    assert "left out (1)" in report and "003.json: malformed JSON" in report
+    with h5py.File(tmp_path / "results/features/features.h5") as f:
+        assert "003" not in f["clips"] and len(f["clips"]) == 5
+
+
+def test_dag_inspection_and_lint(finished):
+    for args in (["--rulegraph"], ["--dag"], ["--summary"]):
+        proc = run_snakemake(finished, *args)
+        assert proc.returncode == 0
+    assert "extract_features" in run_snakemake(finished, "--rulegraph").stdout
+    lint = run_snakemake(finished, "--lint", check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -1,0 +1,32 @@
+import json
+
+import pandas as pd
+
+from clipva.checkpoints import load_head
+from clipva.evaluation import constant_baseline, metrics_on_test_split, ridge_probe
+from clipva.jobs import log, run_job
+from clipva.sequences import load_splits, predictions_table
+
+
+def main(smk):
+    splits = ("train", "val", "test", "unlabeled")
+    data = load_splits(smk.input.features, smk.input.clips, splits)
+    head, ckpt = load_head(smk.input.head)
+    window = ckpt["window"]
+    tables = [predictions_table(head, data[s], s, window["window"], window["stride"]) for s in splits if data[s]]
+    predictions = pd.concat(tables, ignore_index=True)
+    predictions.to_csv(smk.output.predictions, index=False, float_format="%.4f")
+    metrics = metrics_on_test_split(predictions)
+    metrics["baselines"] = {
+        "constant": constant_baseline(data["train"], data["test"]),
+        "ridge_probe": ridge_probe(data["train"], data["val"], data["test"]),
+    }
+    metrics["best_epoch"] = ckpt.get("best", {})
+    with open(smk.output.metrics, "w") as f:
+        json.dump(metrics, f, indent=1)
+    baselines = metrics["baselines"]
+    log.info("test mean CCC %.3f (ridge probe %.3f, constant %.3f)", metrics["pooled"]["mean_ccc"],
+             baselines["ridge_probe"]["test"]["mean_ccc"], baselines["constant"]["mean_ccc"])  # fmt: skip
+
+
+run_job(snakemake, main)  # noqa: F821

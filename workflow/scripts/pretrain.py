@@ -1,0 +1,28 @@
+import json
+
+import numpy as np
+
+from clipva.checkpoints import ResumeState, fingerprint, save_head
+from clipva.encoder import resolve_device
+from clipva.head import HeadConfig
+from clipva.jobs import run_job
+from clipva.sequences import load_splits
+from clipva.training import pretrain
+
+
+def main(smk):
+    head_cfg, cfg = smk.params.head, smk.params.pretrain
+    train = load_splits(smk.input.features, smk.input.clips, ("train",))["train"]
+    text = np.load(smk.input.text)["embeddings"]
+    window = {"window": head_cfg["window"], "stride": head_cfg["stride"]}
+    arch = {k: v for k, v in head_cfg.items() if k not in window}
+    config = HeadConfig(in_dim=train[0].features.shape[1], max_len=max(256, head_cfg["window"]), **arch)
+    resume = ResumeState(smk.params.state, fingerprint([head_cfg, cfg], list(smk.input)))
+    head, history = pretrain(train, config, window, cfg, text, resume, resolve_device())
+    save_head(smk.output.head, head, window)
+    with open(smk.output.history, "w") as f:
+        json.dump(history, f, indent=1)
+    resume.clear()
+
+
+run_job(snakemake, main)  # noqa: F821

@@ -1,0 +1,15 @@
+import numpy as np
+
+from clipva.encoder import encode_texts, load_clip
+from clipva.jobs import log, run_job
+from clipva.training import emotion_prompts
+
+
+def main(smk):
+    clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], smk.params.clip["precision"])
+    prompts = emotion_prompts(smk.params.bins)
+    np.savez(smk.output[0], embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
+    log.info("text embeddings of %d emotion descriptions", len(prompts))
+
+
+run_job(snakemake, main)  # noqa: F821
