@@ -125,3 +125,23 @@ def test_dag_inspection_and_lint(finished):
     assert "extract_features" in run_snakemake(finished, "--rulegraph").stdout
     lint = run_snakemake(finished, "--lint", check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_lora_run_lives_beside_the_frozen_run(finished):
+    frozen = (finished / "results/runs/main/eval/metrics.json").read_bytes()
+    lora = {"run": "lora", "training": {"backbone": "lora"}, "pretrain": {"epochs": 1},
+            "finetune": {"epochs": 2}, "lora": {"num_workers": 0, "merge": True}}  # fmt: skip
+    planned = _planned(run_snakemake(finished, "-n", overrides=lora))
+    assert "extract_features" not in planned and {"pretrain", "finetune", "evaluate"} <= planned
+    run_snakemake(finished, overrides=lora)
+    run = finished / "results/runs/lora"
+    for stage in ("pretrain", "finetune"):
+        assert {p.name for p in (run / stage / "adapter").iterdir()} >= {"adapter_config.json",
+                                                                         "adapter_model.safetensors"}
+    assert (run / "finetune/adapter/merged_open_clip.pt").exists()
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    assert metrics["backbone"] == "lora"
+    assert (finished / "results/runs/main/eval/metrics.json").read_bytes() == frozen  # the frozen run untouched
+    sub = pd.read_csv(finished / "results/submission.csv", dtype={"clip_id": str})
+    pred = pd.read_csv(run / "eval/predictions.csv", dtype={"clip_id": str})
+    assert len(sub) == len(pred[pred["split"].isin(["test", "unlabeled"])])

@@ -18,7 +18,7 @@ class HeadConfig:
     max_len: int = 256  # longest window the positional encoding supports
     embed_dim: int = 128  # width of the pooled clip embedding used by contrastive pretraining
     input_dropout: float = 0.0  # dropout on the whitened frame features
-    whitening_eps: float = 0.001  # shrinkage of the whitening, as a fraction of the mean feature variance
+    whitening_eps: float = 1.0  # shrinkage of the whitening, as a fraction of the mean feature variance
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:

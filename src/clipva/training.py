@@ -14,16 +14,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipva.backbones import CachedFeatures
 from clipva.checkpoints import ResumeState
 from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
 from clipva.metrics import ccc
-from clipva.sequences import VA_SCALE, collate, predict_clip, sample_windows
+from clipva.sequences import VA_SCALE, predict_clip, sample_windows
 from clipva.store import ClipFeatures
 from clipva.windows import sample_window
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
+RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 
 VALENCE_WORDS = {
     2: ["unpleasant", "pleasant"],
@@ -72,10 +74,6 @@ def _batches(windows: list, batch_size: int) -> list[list]:
     return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 class PretrainModel(nn.Module):
     """The head plus the projection of its pooled embedding into CLIP's text space (pretraining only)."""
 
@@ -85,11 +83,20 @@ class PretrainModel(nn.Module):
         self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
 
 
+def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    groups = [{"params": params, "lr": lr}]
+    if backbone.trainable():
+        groups.append({"params": backbone.trainable(), "lr": backbone.lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
 def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg: dict,
-             text_emb: np.ndarray | None, resume: ResumeState | None = None,
-             device: torch.device = CPU) -> tuple[TemporalHead, list[dict]]:  # fmt: skip
+             text_emb: np.ndarray | None, resume: ResumeState | None = None, device: torch.device = CPU,
+             backbone=None) -> tuple[TemporalHead, list[dict]]:  # fmt: skip
     """Contrastive pretraining: vision-language (window embedding vs. CLIP text embedding of its emotion bin)
-    and temporal (two windows of one clip are positives). Returns the head and the loss history."""
+    and temporal (two windows of one clip are positives). `backbone` (default: the cached features) gives
+    the frame features; with LoRA its adapters train too. Returns the head and the loss history."""
+    backbone = backbone or CachedFeatures()
     torch.manual_seed(cfg["seed"])
     objectives = set(cfg["objectives"])
     if "vision_language" in objectives and text_emb is None and cfg["epochs"] > 0:
@@ -98,12 +105,13 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
     model = PretrainModel(head, text_emb.shape[1] if text_emb is not None else 1).to(device)
     text = torch.as_tensor(text_emb, dtype=torch.float32, device=device) if text_emb is not None else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizer = _optimizer(list(model.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
     history: list[dict] = []
     start = 0
     state = resume.load() if resume else None
     if state:
         model.load_state_dict(state["model"])
+        backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
         log.info("pretrain: resuming after epoch %d", state["epoch"])
@@ -111,14 +119,19 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     for epoch in range(start, cfg["epochs"]):
         rng = epoch_rng(cfg["seed"], epoch)
         model.train()
+        backbone.train(True)
         sums = {"loss": 0.0, "vision_language": 0.0, "temporal": 0.0}
         steps = 0
-        for batch_windows in _batches(sample_windows(train, length, rng), cfg["batch_size"]):
-            if len(batch_windows) < 2:
-                continue
-            view2 = [(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in batch_windows]
-            a, b = _to(collate(train, batch_windows), device), _to(collate(train, view2), device)
-            gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+        firsts = [b for b in _batches(sample_windows(train, length, rng), cfg["batch_size"]) if len(b) >= 2]
+        seconds = [[(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in b] for b in firsts]
+        seeds = rng.integers(2**31, size=len(firsts))
+        pairs = [a + b for a, b in zip(firsts, seconds, strict=True)]
+        for batch_windows, both, seed in zip(firsts, backbone.epoch_batches(train, pairs, epoch, device), seeds,
+                                             strict=True):  # fmt: skip
+            n = len(batch_windows)
+            a = {k: v[:n] for k, v in both.items()}
+            b = {k: v[n:] for k, v in both.items()}
+            gen = torch.Generator(device=device).manual_seed(int(seed))
             xa = frame_feature_augment(a["x"], cfg["feature_noise"], cfg["frame_drop"], gen)
             xb = frame_feature_augment(b["x"], cfg["feature_noise"], cfg["frame_drop"], gen)
             _, za = model.head(xa, a["mask"])
@@ -149,15 +162,18 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
                  cfg["epochs"], record["loss"], record["vision_language"], record["temporal"])  # fmt: skip
         if resume:
             resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                         "epoch": epoch})  # fmt: skip
+                         "backbone": backbone.state_dict(), "epoch": epoch})  # fmt: skip
     return model.head.cpu(), history
 
 
-def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, device: torch.device) -> dict:
+def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, device: torch.device,
+                   backbone=None) -> dict:  # fmt: skip
     """CCC of each dimension over all labeled frames of `clips` (pooled), and their mean."""
+    backbone = backbone or CachedFeatures()
+    backbone.train(False)
     preds, trues = [], []
     for clip in clips:
-        pred = predict_clip(head, clip.features, window["window"], window["stride"], device)
+        pred = predict_clip(head, backbone.clip_features(clip), window["window"], window["stride"], device)
         preds.append(pred[clip.labeled])
         trues.append(clip.labels[clip.labeled] / VA_SCALE)
     p, t = np.concatenate(preds), np.concatenate(trues)
@@ -167,11 +183,13 @@ def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, 
 
 @torch.no_grad()
 def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: list[ClipFeatures], window: dict,
-                           alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> dict:  # fmt: skip
+                           backbone=None, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> dict:  # fmt: skip
     """Start fine-tuning from the best linear probe: fit ridge regressions of atanh(labels) on the whitened
     features of the labeled training frames, keep the one of the best validation mean CCC in the head's
     linear path, and zero the transformer's output so the head predicts exactly that probe."""
-    x = torch.from_numpy(np.concatenate([c.features[c.labeled] for c in train]))
+    backbone = backbone or CachedFeatures()
+    backbone.train(False)
+    x = torch.from_numpy(np.concatenate([backbone.clip_features(c)[c.labeled] for c in train]))
     y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
     z = head.whiten(x.to(head.feature_mean.device)).double()
     target = torch.from_numpy(np.arctanh(np.clip(y, -0.95, 0.95))).to(z)
@@ -184,7 +202,7 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
         w = torch.linalg.solve(gram + alpha * len(z) * torch.eye(len(gram), dtype=z.dtype), (z - zm).T @ (target - tm))
         head.linear.weight.copy_(w.T)
         head.linear.bias.copy_(tm - zm @ w)
-        scores[alpha] = (validation_ccc(head, val, window, head.feature_mean.device)["mean"], w.T.clone(),
+        scores[alpha] = (validation_ccc(head, val, window, head.feature_mean.device, backbone)["mean"], w.T.clone(),
                          (tm - zm @ w).clone())  # fmt: skip
     alpha = max(scores, key=lambda a: scores[a][0])
     head.linear.weight.copy_(scores[alpha][1])
@@ -194,30 +212,34 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
 
 
 def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalHead, window: dict, cfg: dict,
-             resume: ResumeState | None = None,
-             device: torch.device = CPU) -> tuple[TemporalHead, list[dict], dict]:  # fmt: skip
+             resume: ResumeState | None = None, device: torch.device = CPU,
+             backbone=None) -> tuple[TemporalHead, list[dict], dict]:  # fmt: skip
     """Per-frame regression of valence and arousal (scaled to -1..1) with AdamW, warm-up and cosine decay;
     keeps the head of the best validation mean CCC and stops after `patience` epochs without improvement.
     Returns (best head, history, best record)."""
     torch.manual_seed(cfg["seed"])
+    backbone = backbone or CachedFeatures()
     head = head.to(device)
     if cfg["linear_init"]:
-        init_linear_from_ridge(head, train, val, window)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        init_linear_from_ridge(head, train, val, window, backbone)
+    optimizer = _optimizer(list(head.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
     length = window["window"]
     steps_per_epoch = math.ceil(max(1, sum(len(c.features) for c in train) // length) / cfg["batch_size"])
     scheduler = warmup_cosine(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     history: list[dict] = []
-    start_scores = validation_ccc(head, val, window, device)
+    start_scores = validation_ccc(head, val, window, device, backbone)
     best = {"epoch": -1, "val_mean_ccc": start_scores["mean"]}  # the starting point counts as a candidate
     best_state = copy.deepcopy(head.state_dict())
+    best_backbone = copy.deepcopy(backbone.state_dict())
     start, bad_epochs = 0, 0
     state = resume.load() if resume else None
     if state:
         head.load_state_dict(state["model"])
+        backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, best_state, bad_epochs = state["history"], state["best"], state["best_state"], state["bad"]
+        best_backbone = state["best_backbone"]
         start = state["epoch"] + 1
         log.info("finetune: resuming after epoch %d", state["epoch"])
     for epoch in range(start, cfg["epochs"]):
@@ -225,9 +247,10 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             break
         rng = epoch_rng(cfg["seed"], epoch)
         head.train()
+        backbone.train(True)
         total, steps = 0.0, 0
-        for batch_windows in _batches(sample_windows(train, length, rng), cfg["batch_size"]):
-            batch = _to(collate(train, batch_windows), device)
+        batches = _batches(sample_windows(train, length, rng), cfg["batch_size"])
+        for batch in backbone.epoch_batches(train, batches, epoch, device):
             pred, _ = head(batch["x"], batch["mask"])
             labeled = batch["mask"] & torch.isfinite(batch["y"]).all(-1)
             loss = regression_loss(pred, batch["y"], labeled, cfg["loss"], cfg["ccc_weight"])
@@ -236,7 +259,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             optimizer.step()
             scheduler.step()
             total, steps = total + loss.item(), steps + 1
-        scores = validation_ccc(head, val, window, device)
+        scores = validation_ccc(head, val, window, device, backbone)
         record = {"epoch": epoch, "train_loss": total / max(1, steps), "val_ccc_valence": scores["valence"],
                   "val_ccc_arousal": scores["arousal"], "val_mean_ccc": scores["mean"],
                   "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
@@ -244,6 +267,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         if record["val_mean_ccc"] > best["val_mean_ccc"]:
             best, bad_epochs = record, 0
             best_state = copy.deepcopy(head.state_dict())
+            best_backbone = copy.deepcopy(backbone.state_dict())
         else:
             bad_epochs += 1
         log.info("finetune epoch %d/%d: loss %.4f, val CCC valence %.3f arousal %.3f mean %.3f%s", epoch + 1,
@@ -252,6 +276,8 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         if resume:
             resume.save({"model": head.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                         "best_state": best_state, "bad": bad_epochs, "epoch": epoch})  # fmt: skip
+                         "best_state": best_state, "bad": bad_epochs, "epoch": epoch,
+                         "backbone": backbone.state_dict(), "best_backbone": best_backbone})  # fmt: skip
     head.load_state_dict(best_state)
+    backbone.load_state_dict(best_backbone)
     return head.cpu(), history, best

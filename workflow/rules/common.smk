@@ -21,6 +21,7 @@ REPORT = "results/index/validation_report.txt"
 N_SHARDS = config["features"]["shards"]
 SHARD = f"results/features/shards/{{shard}}-of-{N_SHARDS}.h5"
 FEATURES = "results/features/features.h5"
+LORA = config["training"]["backbone"] == "lora"
 
 
 def dataset_root():
@@ -42,3 +43,25 @@ def code_version(*modules):
 def section(*names):
     """The config sections a rule depends on, as its params (so editing another section never reruns it)."""
     return {name: config[name] for name in names}
+
+
+def backbone_params():
+    """What the training rules depend on beyond their own section: with LoRA, the image tower and its crops."""
+    if not LORA:
+        return {"backbone": "frozen"}
+    return {"backbone": "lora", **section("lora", "clip", "face_crop")}
+
+
+def adapter(stage):
+    """The LoRA adapters a stage writes (peft format), or nothing for the frozen backbone."""
+    return {"adapter": directory(f"{RUN_DIR}/{stage}/adapter")} if LORA else {}
+
+
+def lora_inputs(stage):
+    """Frames (and the previous stage's adapters) that a LoRA stage reads."""
+    if not LORA:
+        return {}
+    inputs = {"frames": FRAMES}
+    if stage:
+        inputs["adapter"] = f"{RUN_DIR}/{stage}/adapter"
+    return inputs

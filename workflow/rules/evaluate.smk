@@ -7,6 +7,7 @@ PLOTS = {
 
 rule evaluate:
     input:
+        **lora_inputs("finetune"),
         features=FEATURES,
         clips=CLIPS,
         head=FINETUNED,
@@ -26,7 +27,16 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        code=code_version("evaluation", "metrics", "sequences", "checkpoints"),
+        backbone=backbone_params(),
+        code=code_version(
+            "evaluation",
+            "metrics",
+            "sequences",
+            "checkpoints",
+            "lora",
+            "backbones",
+            "frames",
+        ),
     script:
         "../scripts/evaluate.py"
 

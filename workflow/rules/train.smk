@@ -23,10 +23,12 @@ rule text_embeddings:
 
 rule pretrain:
     input:
+        **lora_inputs(None),
         features=FEATURES,
         clips=CLIPS,
         text=TEXT,
     output:
+        **adapter("pretrain"),
         head=PRETRAINED,
         history=f"{RUN_DIR}/pretrain/history.json",
     log:
@@ -43,18 +45,30 @@ rule pretrain:
     params:
         head=config["head"],
         pretrain=config["pretrain"],
+        backbone=backbone_params(),
         state=f"{RUN_DIR}/.state/pretrain.pt",
-        code=code_version("training", "head", "losses", "sequences", "checkpoints"),
+        code=code_version(
+            "training",
+            "head",
+            "losses",
+            "sequences",
+            "checkpoints",
+            "lora",
+            "backbones",
+            "frames",
+        ),
     script:
         "../scripts/pretrain.py"
 
 
 rule finetune:
     input:
+        **lora_inputs("pretrain"),
         features=FEATURES,
         clips=CLIPS,
         head=PRETRAINED,
     output:
+        **adapter("finetune"),
         head=FINETUNED,
         history=f"{RUN_DIR}/finetune/history.json",
     log:
@@ -70,9 +84,18 @@ rule finetune:
         runtime=120,
     params:
         finetune=config["finetune"],
+        backbone=backbone_params(),
         state=f"{RUN_DIR}/.state/finetune.pt",
         code=code_version(
-            "training", "head", "losses", "sequences", "checkpoints", "metrics"
+            "training",
+            "head",
+            "losses",
+            "sequences",
+            "checkpoints",
+            "metrics",
+            "lora",
+            "backbones",
+            "frames",
         ),
     script:
         "../scripts/finetune.py"

@@ -1,7 +1,9 @@
+import dataclasses
 import json
 
 import pandas as pd
 
+from clipva.backbones import lora_backbone
 from clipva.checkpoints import load_head
 from clipva.evaluation import constant_baseline, metrics_on_test_split, ridge_probe
 from clipva.jobs import log, run_job
@@ -13,15 +15,23 @@ def main(smk):
     data = load_splits(smk.input.features, smk.input.clips, splits)
     head, ckpt = load_head(smk.input.head)
     window = ckpt["window"]
-    tables = [predictions_table(head, data[s], s, window["window"], window["stride"]) for s in splits if data[s]]
+    predicted = data
+    if smk.params.backbone["backbone"] == "lora":  # features through the adapted image tower
+        backbone = lora_backbone(smk.params.backbone, smk.input.frames, smk.input.adapter, trainable=False)
+        backbone.train(False)
+        predicted = {s: [dataclasses.replace(c, features=backbone.clip_features(c)) for c in data[s]]
+                     for s in ("test", "unlabeled")}  # fmt: skip
+    tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
+              for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
     predictions = pd.concat(tables, ignore_index=True)
     predictions.to_csv(smk.output.predictions, index=False, float_format="%.4f")
     metrics = metrics_on_test_split(predictions)
-    metrics["baselines"] = {
+    metrics["baselines"] = {  # on the frozen features of the store
         "constant": constant_baseline(data["train"], data["test"]),
         "ridge_probe": ridge_probe(data["train"], data["val"], data["test"]),
     }
     metrics["best_epoch"] = ckpt.get("best", {})
+    metrics["backbone"] = smk.params.backbone["backbone"]
     with open(smk.output.metrics, "w") as f:
         json.dump(metrics, f, indent=1)
     baselines = metrics["baselines"]

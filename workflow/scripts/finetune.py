@@ -1,19 +1,29 @@
 import json
+from pathlib import Path
 
+from clipva.backbones import lora_backbone
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
 from clipva.jobs import run_job
+from clipva.lora import export_merged, save_adapters
 from clipva.sequences import load_splits
 from clipva.training import finetune
 
 
 def main(smk):
-    cfg = smk.params.finetune
+    cfg, settings = smk.params.finetune, smk.params.backbone
     data = load_splits(smk.input.features, smk.input.clips, ("train", "val"))
     head, ckpt = load_head(smk.input.head)
-    resume = ResumeState(smk.params.state, fingerprint(cfg, list(smk.input)))
-    head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device())
+    lora = settings["backbone"] == "lora"
+    backbone = lora_backbone(settings, smk.input.frames, smk.input.adapter) if lora else None
+    resume = ResumeState(smk.params.state, fingerprint([cfg, settings], list(smk.input)))
+    head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device(),
+                                   backbone)  # fmt: skip
     save_head(smk.output.head, head, ckpt["window"], best=best)
+    if lora:
+        save_adapters(backbone.visual, smk.output.adapter)
+        if settings["lora"]["merge"]:
+            export_merged(backbone.clip, backbone.visual, Path(smk.output.adapter) / "merged_open_clip.pt")
     with open(smk.output.history, "w") as f:
         json.dump({"best": best, "epochs": history}, f, indent=1)
     resume.clear()
