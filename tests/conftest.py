@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,15 @@ import pytest
 from clipva.demo import make_demo
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = shutil.which("snakemake") or "snakemake"
+BIN = Path(sys.executable).parent  # the virtualenv's bin: tests run without activating it
+
+
+def tool(name: str) -> str | None:
+    """A command of this virtualenv (or, failing that, of PATH)."""
+    return str(BIN / name) if (BIN / name).exists() else shutil.which(name)
+
+
+SNAKEMAKE = tool("snakemake") or "snakemake"
 
 TINY_CONFIG = {
     "clip": {"model": "clipva-tiny"},

@@ -12,11 +12,11 @@ from clipva.extract import extract_features
 from clipva.frames import FrameWindows
 from clipva.head import HeadConfig, TemporalHead
 from clipva.lora import add_adapters, export_merged, load_adapters, save_adapters
-from clipva.store import FeatureStore
+from clipva.store import ClipFeatures, FeatureStore
 from clipva.training import finetune
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["attn", "c_fc", "c_proj"], "lr": 5e-3,
-        "num_workers": 0, "grad_checkpointing": False, "seed": 0,
+        "num_workers": 0, "grad_checkpointing": False, "max_frames_per_step": 256, "seed": 0,
         "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2}}  # fmt: skip
 CROP = {"method": "landmarks", "margin": 0.2}
 
@@ -109,3 +109,15 @@ def test_finetuning_with_lora_trains_the_adapters(demo_root, tmp_path):
     adapted = backbone.clip_features(val[0])
     assert adapted.shape == val[0].features.shape
     assert np.abs(adapted - val[0].features).max() > 1e-3  # the adapters change the image features
+
+
+def test_a_step_too_large_for_memory_is_refused_before_it_runs(demo_root):
+    frames, _ = index_dataset(demo_root)
+    clip = load_clip("clipva-tiny", None, "fp32", "cpu")
+    small = {**LORA, "max_frames_per_step": 16}
+    backbone = AdaptedFrames(add_adapters(clip, LORA), frames, clip.preprocess, CROP, small)
+    clip_id = frames["clip_id"].iloc[0]
+    n = int((frames["clip_id"] == clip_id).sum())
+    fake = [ClipFeatures(clip_id, np.zeros((n, 64), np.float32), np.arange(n), np.zeros(n), np.zeros(n))]
+    with pytest.raises(ConfigError, match="max_frames_per_step=16"):
+        next(backbone.epoch_batches(fake, [[(0, 0, 8), (0, 0, 8), (0, 0, 8)]], 0, torch.device("cpu")))

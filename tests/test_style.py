@@ -1,10 +1,9 @@
 """The house style is checked, not hoped for: ruff on the code, snakefmt on the workflow."""
 
-import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
+from conftest import REPO, tool
 
 
 @pytest.mark.parametrize(
@@ -15,7 +14,8 @@ from conftest import REPO
     ],
 )
 def test_clean(cmd):
-    if shutil.which(cmd[0]) is None:
+    exe = tool(cmd[0])
+    if exe is None:
         pytest.skip(f"{cmd[0]} is not installed (pip install -e '.[test]')")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([exe, *cmd[1:]], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from clipva.errors import ConfigError
 from clipva.frames import FrameWindows
 from clipva.lora import encode_frames, trainable_parameters
 from clipva.sequences import collate
@@ -85,6 +86,13 @@ class AdaptedFrames:
         while the previous batch trains."""
         flat = [(clips[i].clip_id, clips[i].frame_index[a:b]) for windows in batches for i, a, b in windows]
         length = max(len(f) for _, f in flat)
+        most = max(len(w) for w in batches) * length
+        if most > self.cfg["max_frames_per_step"]:
+            raise ConfigError(
+                f"lora: a step would run {most} frames through the image tower (windows per batch x window "
+                f"length), more than lora.max_frames_per_step={self.cfg['max_frames_per_step']}; lower the "
+                "stage's batch_size or head.window, or raise the limit where memory allows"
+            )
         sizes = [len(w) for w in batches]
         augment = self.cfg["augment"] if self.visual.training else None
         loader = self._loader(flat, 1, augment, seed=self.cfg["seed"] * 100_003 + epoch)

@@ -24,10 +24,8 @@ def setup_logging(log_path: str | None) -> None:
 def run_job(smk, main: Callable[[object], None]) -> None:
     """Call main(smk) with logging set up; a ClipvaError ends the job with its message, not a traceback."""
     setup_logging(smk.log[0] if len(smk.log) else None)
-    if "torch" in sys.modules or smk.threads:
-        import torch
-
-        torch.set_num_threads(max(1, int(smk.threads)))
+    if "torch" in sys.modules:  # only jobs that compute with torch pay for importing it
+        sys.modules["torch"].set_num_threads(max(1, int(smk.threads)))
     try:
         main(smk)
     except ClipvaError as err:
