@@ -145,3 +145,11 @@ def test_lora_run_lives_beside_the_frozen_run(finished):
     sub = pd.read_csv(finished / "results/submission.csv", dtype={"clip_id": str})
     pred = pd.read_csv(run / "eval/predictions.csv", dtype={"clip_id": str})
     assert len(sub) == len(pred[pred["split"].isin(["test", "unlabeled"])])
+
+
+def test_report_holds_the_metrics_and_the_plots(finished):
+    run_snakemake(finished, "--report", str(finished / "report.html"))
+    html = (finished / "report.html").read_text()
+    assert "metrics.json" in html and "mean_ccc" in html
+    for name in ("curves", "scatter", "timeseries", "circumplex"):
+        assert f"{name}.png" in html
