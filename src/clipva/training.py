@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -70,6 +71,20 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class Progress:
+    """Logs the step count of a long epoch (the LoRA path) every `every` seconds."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.start, self.last = every, time.perf_counter(), time.perf_counter()
+
+    def step(self, stage: str, epoch: int, step: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s epoch %d: step %d/%d (%.1f s/step)", stage, epoch + 1, step, total,
+                     (now - self.start) / step)  # fmt: skip
+
+
 def _batches(windows: list, batch_size: int) -> list[list]:
     return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
@@ -118,6 +133,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     length = window["window"]
     for epoch in range(start, cfg["epochs"]):
         rng = epoch_rng(cfg["seed"], epoch)
+        progress = Progress()
         model.train()
         backbone.train(True)
         sums = {"loss": 0.0, "vision_language": 0.0, "temporal": 0.0}
@@ -156,6 +172,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
             optimizer.step()
             sums["loss"] += loss.item()
             steps += 1
+            progress.step("pretrain", epoch, steps, len(firsts))
         record = {"epoch": epoch, **{k: v / max(1, steps) for k, v in sums.items()}}
         history.append(record)
         log.info("pretrain epoch %d/%d: loss %.4f (vision_language %.4f, temporal %.4f)", epoch + 1,
@@ -246,6 +263,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         if bad_epochs >= cfg["patience"]:
             break
         rng = epoch_rng(cfg["seed"], epoch)
+        progress = Progress()
         head.train()
         backbone.train(True)
         total, steps = 0.0, 0
@@ -259,6 +277,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             optimizer.step()
             scheduler.step()
             total, steps = total + loss.item(), steps + 1
+            progress.step("finetune", epoch, steps, len(batches))
         scores = validation_ccc(head, val, window, device, backbone)
         record = {"epoch": epoch, "train_loss": total / max(1, steps), "val_ccc_valence": scores["valence"],
                   "val_ccc_arousal": scores["arousal"], "val_mean_ccc": scores["mean"],
