@@ -71,7 +71,7 @@ def main() -> None:
                    for _ in range(args.steps + 1)]  # fmt: skip
         head = TemporalHead(HeadConfig(in_dim=clip.embed_dim))
         cached = seconds_per_step(CachedFeatures(), head, clips, batches, args.steps)
-        lora = AdaptedFrames(add_adapters(clip, LORA), frames, clip.preprocess, CROP, LORA, clip.dtype)
+        lora = AdaptedFrames(clip, add_adapters(clip, LORA), frames, CROP, LORA)
         adapted = seconds_per_step(lora, head, clips, batches, args.steps)
     frames_per_step = args.batch * args.window
     print(f"model {args.model}, precision {clip.precision}, {args.batch} windows x {args.window} frames per step, "

@@ -97,7 +97,7 @@ def test_finetuning_with_lora_trains_the_adapters(demo_root, tmp_path):
     head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
     visual = add_adapters(clip, LORA)
     before = _lora_b(visual)
-    backbone = AdaptedFrames(visual, frames, clip.preprocess, CROP, LORA)
+    backbone = AdaptedFrames(clip, visual, frames, CROP, LORA)
     cfg = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0, "loss": "mix",
            "ccc_weight": 0.5, "patience": 5, "seed": 0, "linear_init": False}  # fmt: skip
     window = {"window": 8, "stride": 4}
@@ -115,7 +115,7 @@ def test_a_step_too_large_for_memory_is_refused_before_it_runs(demo_root):
     frames, _ = index_dataset(demo_root)
     clip = load_clip("clipva-tiny", None, "fp32", "cpu")
     small = {**LORA, "max_frames_per_step": 16}
-    backbone = AdaptedFrames(add_adapters(clip, LORA), frames, clip.preprocess, CROP, small)
+    backbone = AdaptedFrames(clip, add_adapters(clip, LORA), frames, CROP, small)
     clip_id = frames["clip_id"].iloc[0]
     n = int((frames["clip_id"] == clip_id).sum())
     fake = [ClipFeatures(clip_id, np.zeros((n, 64), np.float32), np.arange(n), np.zeros(n), np.zeros(n))]

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from clipva.encoder import LoadedClip
 from clipva.errors import ConfigError
 from clipva.frames import FrameWindows
 from clipva.lora import encode_frames, trainable_parameters
@@ -55,10 +56,11 @@ class CachedFeatures:
 class AdaptedFrames:
     """The image tower with LoRA adapters, run on face crops decoded by DataLoader workers."""
 
-    def __init__(self, visual: torch.nn.Module, frames: pd.DataFrame, preprocess, face_crop: dict, cfg: dict,
-                 dtype: torch.dtype = torch.float32):  # fmt: skip
-        self.visual, self.frames, self.preprocess, self.face_crop = visual, frames, preprocess, face_crop
-        self.lr, self.cfg, self.dtype = cfg["lr"], cfg, dtype
+    def __init__(self, clip: LoadedClip, visual: torch.nn.Module, frames: pd.DataFrame, face_crop: dict, cfg: dict):
+        """`visual` is clip's image tower with adapters; crops use clip's preprocessing, frames its precision."""
+        self.clip, self.visual, self.frames, self.face_crop = clip, visual, frames, face_crop
+        self.preprocess, self.dtype = clip.preprocess, clip.dtype
+        self.lr, self.cfg = cfg["lr"], cfg
         self._cache: dict[str, np.ndarray] = {}
 
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -93,14 +95,13 @@ class AdaptedFrames:
                 f"length), more than lora.max_frames_per_step={self.cfg['max_frames_per_step']}; lower the "
                 "stage's batch_size or head.window, or raise the limit where memory allows"
             )
-        sizes = [len(w) for w in batches]
         augment = self.cfg["augment"] if self.visual.training else None
         loader = self._loader(flat, 1, augment, seed=self.cfg["seed"] * 100_003 + epoch)
         it = iter(loader)
-        for windows, size in zip(batches, sizes, strict=True):
+        for windows in batches:
             batch = _to(collate(clips, windows), device)
-            frames = [next(it)[0] for _ in range(size)]
-            images = torch.zeros(size, length, *frames[0].shape[1:])
+            frames = [next(it)[0] for _ in windows]
+            images = torch.zeros(len(windows), length, *frames[0].shape[1:])
             for k, f in enumerate(frames):
                 images[k, : len(f)] = f
             batch["x"] = self._encode(images[:, : batch["mask"].shape[1]])
@@ -139,7 +140,4 @@ def lora_backbone(settings: dict, frames_csv: str, adapter_dir: str | None = Non
         visual = add_adapters(clip, settings["lora"], adapter_dir)
     else:
         visual = load_adapters(clip, adapter_dir)
-    backbone = AdaptedFrames(visual.to(clip.device), read_frames(frames_csv), clip.preprocess,
-                             settings["face_crop"], settings["lora"], clip.dtype)  # fmt: skip
-    backbone.clip = clip
-    return backbone
+    return AdaptedFrames(clip, visual.to(clip.device), read_frames(frames_csv), settings["face_crop"], settings["lora"])
