@@ -6,6 +6,7 @@ import clipva.training as training
 from clipva.checkpoints import ResumeState, load_head, save_head
 from clipva.evaluation import constant_baseline, ridge_probe
 from clipva.head import HeadConfig, TemporalHead
+from clipva.sequences import predict_clip
 from clipva.store import ClipFeatures
 from clipva.training import emotion_bins, emotion_prompts, finetune, pretrain, validation_ccc
 
@@ -114,3 +115,53 @@ def test_head_checkpoint_round_trip(tmp_path):
     head.eval()
     loaded.eval()
     assert torch.equal(head(x)[0], loaded(x)[0])
+
+
+def _full_clips(n, seed, dim=16, length=24):
+    """Fully labeled clips longer than the window: every training window has the same number of frames."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(size=(2, dim))
+    clips = []
+    for k in range(n):
+        va = np.clip(np.cumsum(rng.normal(0, 1.5, (length, 2)), 0), -10, 10).round().astype(np.float32)
+        x = (va @ mix / 10 + rng.normal(0, 1.0, (length, dim))).astype(np.float32)
+        clips.append(ClipFeatures(f"{seed}{k:03d}", x, np.arange(length), va[:, 0].copy(), va[:, 1].copy()))
+    return clips
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch():
+    train, val = _full_clips(12, 0), _full_clips(4, 1)
+    cfg = {**FINETUNE, "loss": "mse", "epochs": 3, "linear_init": False}
+    full, full_hist, _ = finetune(train, val, _head(), WINDOW, {**cfg, "batch_size": 8})
+    halves, halves_hist, _ = finetune(train, val, _head(), WINDOW, {**cfg, "batch_size": 4, "accumulate": 2})
+    small, small_hist, _ = finetune(train, val, _head(), WINDOW, {**cfg, "batch_size": 4})
+    assert [r["val_mean_ccc"] for r in halves_hist] == pytest.approx([r["val_mean_ccc"] for r in full_hist], abs=1e-6)
+
+    def outputs(head):
+        return np.concatenate([predict_clip(head, c.features, 12, 6, torch.device("cpu")) for c in val])
+
+    # the same predictions (parameters too, except the attention's key bias: its gradient is zero in exact
+    # arithmetic, so Adam turns float noise there into steps that change no output)
+    assert np.abs(outputs(full) - outputs(halves)).max() < 1e-5
+    # without accumulation, batches of 4 take twice the steps and end elsewhere
+    assert np.abs(outputs(full) - outputs(small)).max() > 1e-3
+
+
+def test_accumulator_steps_once_per_group_including_the_last_partial_one():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    calls = []
+    optimizer.step = lambda: calls.append(weight.grad.item())
+    acc = training.Accumulator(optimizer, every=3, n_batches=7)
+    for i in range(7):
+        acc.backward(i, weight * (i + 1))  # gradient of batch i is i + 1
+    # groups {1,2,3}, {4,5,6}, {7}: each step sees its group's mean gradient
+    assert calls == pytest.approx([2.0, 5.0, 7.0])
+
+
+def test_pretraining_with_accumulation_learns(data):
+    text = np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32)
+    cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, dropout=0.0)
+    _, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 8, "batch_size": 4, "accumulate": 2},
+                          text)  # fmt: skip
+    assert history[-1]["loss"] < history[0]["loss"]

@@ -93,7 +93,8 @@ class AdaptedFrames:
             raise ConfigError(
                 f"lora: a step would run {most} frames through the image tower (windows per batch x window "
                 f"length), more than lora.max_frames_per_step={self.cfg['max_frames_per_step']}; lower the "
-                "stage's batch_size or head.window, or raise the limit where memory allows"
+                "stage's batch_size (raise its accumulate to keep the effective batch) or head.window, or "
+                "raise the limit where memory allows"
             )
         augment = self.cfg["augment"] if self.visual.training else None
         loader = self._loader(flat, 1, augment, seed=self.cfg["seed"] * 100_003 + epoch)

@@ -89,6 +89,28 @@ def _batches(windows: list, batch_size: int) -> list[list]:
     return [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
 
 
+class Accumulator:
+    """Gradient accumulation: one optimizer step per `every` batches of an epoch of `n_batches` (the last
+    group may be smaller). Each loss is divided by its group's size, so a step follows the mean gradient of
+    its batches: with per-batch mean losses of equal weight, a step over k batches of b windows equals one
+    over a batch of k*b. Batch-level losses (CCC, contrastive) are computed per batch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int, n_batches: int, scheduler=None):
+        self.optimizer, self.every, self.n, self.scheduler = optimizer, every, n_batches, scheduler
+        optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, i: int, loss: torch.Tensor) -> None:
+        """Backpropagate the loss of batch `i`; step the optimizer when its group is complete."""
+        first = i // self.every * self.every
+        size = min(self.every, self.n - first)
+        (loss / size).backward()
+        if i + 1 == first + size:
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
 class PretrainModel(nn.Module):
     """The head plus the projection of its pooled embedding into CLIP's text space (pretraining only)."""
 
@@ -142,6 +164,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         seconds = [[(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in b] for b in firsts]
         seeds = rng.integers(2**31, size=len(firsts))
         pairs = [a + b for a, b in zip(firsts, seconds, strict=True)]
+        accumulator = Accumulator(optimizer, cfg.get("accumulate", 1), len(firsts))
         for batch_windows, both, seed in zip(firsts, backbone.epoch_batches(train, pairs, epoch, device), seeds,
                                              strict=True):  # fmt: skip
             n = len(batch_windows)
@@ -167,9 +190,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
                     part = vision_language_loss(model.to_text(za[has]), text, bins, cfg["temperature"])
                     sums["vision_language"] += part.item()
                     loss = loss + part
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            accumulator.backward(steps, loss)
             sums["loss"] += loss.item()
             steps += 1
             progress.step("pretrain", epoch, steps, len(firsts))
@@ -241,7 +262,9 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         init_linear_from_ridge(head, train, val, window, backbone)
     optimizer = _optimizer(list(head.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
     length = window["window"]
-    steps_per_epoch = math.ceil(max(1, sum(len(c.features) for c in train) // length) / cfg["batch_size"])
+    accumulate = cfg.get("accumulate", 1)
+    windows_per_epoch = max(1, sum(len(c.features) for c in train) // length)
+    steps_per_epoch = math.ceil(math.ceil(windows_per_epoch / cfg["batch_size"]) / accumulate)
     scheduler = warmup_cosine(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     history: list[dict] = []
     start_scores = validation_ccc(head, val, window, device, backbone)
@@ -268,14 +291,12 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         backbone.train(True)
         total, steps = 0.0, 0
         batches = _batches(sample_windows(train, length, rng), cfg["batch_size"])
+        accumulator = Accumulator(optimizer, accumulate, len(batches), scheduler)
         for batch in backbone.epoch_batches(train, batches, epoch, device):
             pred, _ = head(batch["x"], batch["mask"])
             labeled = batch["mask"] & torch.isfinite(batch["y"]).all(-1)
             loss = regression_loss(pred, batch["y"], labeled, cfg["loss"], cfg["ccc_weight"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            accumulator.backward(steps, loss)
             total, steps = total + loss.item(), steps + 1
             progress.step("finetune", epoch, steps, len(batches))
         scores = validation_ccc(head, val, window, device, backbone)
