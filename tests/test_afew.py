@@ -2,24 +2,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from corpus import face_landmarks, write_good_clip
 
 from clipva.afew import index_dataset, read_annotation, read_frames, scan_clip, write_report
-from clipva.demo import write_clip
 from clipva.errors import BadInputError
-
-
-def _face(w=64, h=48):
-    xs = np.linspace(20, 44, 68)
-    ys = np.linspace(12, 36, 68)
-    return np.stack([xs, ys], 1).round(2).tolist()
-
-
-def _clip(root, clip_id=1, n=3, labels=None, actor="a1", **kw):
-    frames = [Image.new("RGB", (64, 48), (i * 40, 100, 100)) for i in range(n)]
-    if labels is None:
-        labels = {i: {"valence": i - 1, "arousal": 2 * i, "landmarks": _face()} for i in range(n)}
-    return write_clip(root, clip_id, frames, labels, actor, **kw)
 
 
 def test_index_reads_the_demo_layout(demo_root):
@@ -62,7 +48,7 @@ def test_frames_table_round_trip_keeps_clip_ids_as_strings(demo_root, tmp_path):
     ],
 )
 def test_bad_json_names_the_file(tmp_path, content, message):
-    folder = _clip(tmp_path)
+    folder = write_good_clip(tmp_path)
     (folder / "001.json").write_text(content)
     with pytest.raises(BadInputError, match=message) as err:
         index_dataset(tmp_path)
@@ -70,11 +56,11 @@ def test_bad_json_names_the_file(tmp_path, content, message):
 
 
 def test_bad_labels_error_or_skip(tmp_path):
-    labels = {i: {"valence": 1, "arousal": 1, "landmarks": _face()} for i in range(3)}
+    labels = {i: {"valence": 1, "arousal": 1, "landmarks": face_landmarks()} for i in range(3)}
     labels[1]["valence"] = 14
     labels[2]["landmarks"] = [[float("nan"), 1.0]] * 68
-    _clip(tmp_path, labels=labels)
-    _clip(tmp_path, clip_id=2)
+    write_good_clip(tmp_path, labels=labels)
+    write_good_clip(tmp_path, clip_id=2)
     with pytest.raises(BadInputError, match=r"001\.json \(frame 00001\): valence 14 is outside -10\.\.10"):
         index_dataset(tmp_path, "error")
     frames, problems = index_dataset(tmp_path, "skip")
@@ -87,17 +73,17 @@ def test_bad_labels_error_or_skip(tmp_path):
 
 
 def test_landmarks_outside_the_frame_are_reported(tmp_path):
-    labels = {0: {"valence": 0, "arousal": 0, "landmarks": (np.array(_face()) + [80, 0]).tolist()}}
-    folder = _clip(tmp_path, n=1, labels=labels)
+    labels = {0: {"valence": 0, "arousal": 0, "landmarks": (np.array(face_landmarks()) + [80, 0]).tolist()}}
+    folder = write_good_clip(tmp_path, n=1, labels=labels)
     _, problems = scan_clip(folder)
     assert any("outside the 64x48 frame" in p.message for p in problems)
 
 
 def test_missing_json_and_empty_folder(tmp_path):
-    _clip(tmp_path)
+    write_good_clip(tmp_path)
     (tmp_path / "001" / "001.json").unlink()
     (tmp_path / "002").mkdir()
-    _clip(tmp_path, clip_id=3)
+    write_good_clip(tmp_path, clip_id=3)
     frames, problems = index_dataset(tmp_path, "skip")
     assert frames["clip_id"].unique().tolist() == ["003"]
     assert {p.message for p in problems} == {"annotation file is missing", "clip folder has no frames"}
@@ -111,5 +97,5 @@ def test_missing_root():
 def test_read_annotation_of_real_format(tmp_path):
     path = tmp_path / "001.json"
     path.write_text(json.dumps({"actor": "x", "frames": {"00000": {"valence": 0, "arousal": 1,
-                                "landmarks": _face()}}, "video_id": "001"}))  # fmt: skip
+                                "landmarks": face_landmarks()}}, "video_id": "001"}))  # fmt: skip
     assert read_annotation(path)["frames"]["00000"]["arousal"] == 1

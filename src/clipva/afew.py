@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from clipva.atomic import write_text
 from clipva.errors import BadInputError
 
 N_LANDMARKS = 68
@@ -58,6 +59,8 @@ def _label(value: object, key: str) -> tuple[float | None, str | None]:
 
 
 def _landmarks(value: object, width: int, height: int) -> tuple[np.ndarray | None, str | None]:
+    if value is None:
+        return None, "missing landmarks"
     try:
         points = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -199,7 +202,10 @@ def index_dataset(root: str | Path, on_bad_input: str = "error") -> tuple[pd.Dat
     seen: dict[int, str] = {}
     for folder in folders:
         if int(folder.name) in seen:
-            problems.append(Problem(str(folder), f"duplicate clip id: {seen[int(folder.name)]} has the same number"))
+            duplicate = Problem(str(folder), f"duplicate clip id: {seen[int(folder.name)]} has the same number")
+            if on_bad_input == "error":
+                raise BadInputError(str(duplicate))
+            problems.append(duplicate)
             continue
         seen[int(folder.name)] = folder.name
         frames, found = scan_clip(folder)
@@ -228,7 +234,7 @@ def write_report(problems: list[Problem], frames: pd.DataFrame, path: str | Path
         f"notes ({len(notes)}), handled:",
         *(f"  {p}" for p in notes),
     ]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def read_frames(path: str | Path) -> pd.DataFrame:

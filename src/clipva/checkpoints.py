@@ -7,6 +7,7 @@ under a temporary name and renamed, so a killed job never leaves a truncated che
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import asdict
@@ -14,15 +15,16 @@ from pathlib import Path
 
 import torch
 
+from clipva.atomic import write_bytes
 from clipva.head import HeadConfig, TemporalHead
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically. Serialised in memory first: torch's writer reports a full disk as an
+    opaque RuntimeError, a plain file write as OSError(ENOSPC) naming the file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def save_head(path: str | Path, head: TemporalHead, window: dict, **extra) -> None:

@@ -1,10 +1,33 @@
-"""Face crops: a square box around the annotated landmarks, with a margin."""
+"""Frames as 8-bit RGB, whatever their PNG mode, and face crops: a square box around the landmarks."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+from clipva.errors import BadInputError
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode one frame into an 8-bit RGB image; raises BadInputError naming `path` if it cannot be decoded.
+
+    Grey (1, L), palette (P) and colour (RGB) frames go through PIL's own conversion. An alpha channel (LA,
+    PA, RGBA, a palette transparency) is dropped, not composited: video frames are opaque, and the colour
+    under the alpha is kept as stored. 16-bit grey (I;16, I;16B, and I, as which some Pillow versions open
+    it) keeps its high byte (v >> 8), which gives back exactly an 8-bit frame saved as v * 257 or v * 256;
+    PIL's convert("RGB") would instead clip every value above 255 to white.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I"):
+                grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8
+                return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+            return img.convert("RGB")
+    except Exception as err:  # PIL raises many types for broken files
+        raise BadInputError(f"{path}: cannot decode frame ({type(err).__name__}: {err})") from None
 
 
 def square_box(x0: float, y0: float, x1: float, y1: float, margin: float) -> tuple[int, int, int, int]:

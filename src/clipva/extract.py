@@ -9,14 +9,12 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipva import __version__
-from clipva.crop import crop_face
+from clipva.crop import crop_face, load_rgb
 from clipva.encoder import LoadedClip, encode_images
-from clipva.errors import BadInputError
 from clipva.store import ClipFeatures, atomic_h5, write_clip
 
 log = logging.getLogger(__name__)
@@ -36,11 +34,7 @@ class FrameCrops(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        try:
-            with Image.open(self.paths[i]) as img:
-                image = img.convert("RGB")
-        except Exception as err:  # PIL raises many types for broken files
-            raise BadInputError(f"{self.paths[i]}: cannot decode frame ({type(err).__name__}: {err})") from None
+        image = load_rgb(self.paths[i])
         if self.boxes is not None:
             image = crop_face(image, tuple(self.boxes[i]), self.margin)
         return self.preprocess(image), i

@@ -11,11 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
 
-from clipva.crop import crop_face
-from clipva.errors import BadInputError
+from clipva.crop import crop_face, load_rgb
 
 BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
@@ -43,11 +41,7 @@ class FrameWindows(Dataset):
         aug = self._draw(rng) if self.augment else None
         out = []
         for k, path in enumerate(paths):
-            try:
-                with Image.open(path) as img:
-                    image = img.convert("RGB")
-            except Exception as err:  # PIL raises many types for broken files
-                raise BadInputError(f"{path}: cannot decode frame ({type(err).__name__}: {err})") from None
+            image = load_rgb(path)
             box = None if boxes is None else boxes[k]
             if aug is not None and box is not None:
                 box = _jitter(box, aug["shift"], aug["scale"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from clipva.atomic import WRITE_ERRORS
 from clipva.errors import ClipvaError
 
 log = logging.getLogger("clipva")
@@ -21,8 +23,19 @@ def setup_logging(log_path: str | None) -> None:
                         handlers=handlers, force=True)  # fmt: skip
 
 
+def write_error_message(err: OSError, outputs: list[str]) -> str | None:
+    """One line for an output that cannot be written (disk full, read-only, no permission); None for
+    other OS errors."""
+    if err.errno not in WRITE_ERRORS:
+        return None
+    where = err.filename or ", ".join(outputs) or "an output"
+    return (f"cannot write {where}: {os.strerror(err.errno)}; {WRITE_ERRORS[err.errno]} and run the same "
+            "command again (inputs are untouched; no partial output is kept)")  # fmt: skip
+
+
 def run_job(smk, main: Callable[[object], None]) -> None:
-    """Call main(smk) with logging set up; a ClipvaError ends the job with its message, not a traceback."""
+    """Call main(smk) with logging set up; a ClipvaError, or an output that cannot be written, ends the job
+    with one message; any other error is logged with its traceback (into the rule's log too)."""
     setup_logging(smk.log[0] if len(smk.log) else None)
     if "torch" in sys.modules:  # only jobs that compute with torch pay for importing it
         sys.modules["torch"].set_num_threads(max(1, int(smk.threads)))
@@ -31,3 +44,13 @@ def run_job(smk, main: Callable[[object], None]) -> None:
     except ClipvaError as err:
         log.error("%s", err)
         sys.exit(1)
+    except OSError as err:
+        message = write_error_message(err, list(smk.output))
+        if message is None:
+            log.exception("unexpected error")
+            raise
+        log.error("%s", message)
+        sys.exit(1)
+    except Exception:
+        log.exception("unexpected error")
+        raise

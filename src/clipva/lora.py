@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from clipva.checkpoints import atomic_save
 from clipva.encoder import LoadedClip
 from clipva.errors import ConfigError
 
@@ -87,4 +88,4 @@ def export_merged(clip: LoadedClip, visual: PeftModel, path: str | Path) -> None
     through ``clip.pretrained: <path>``."""
     merged = visual.merge_and_unload()
     clip.model.visual = merged
-    torch.save({k: v.float() for k, v in clip.model.state_dict().items()}, path)
+    atomic_save({k: v.float() for k, v in clip.model.state_dict().items()}, path)

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from clipva.atomic import atomic_path  # noqa: E402
 from clipva.metrics import DIMENSIONS  # noqa: E402
 
 
@@ -29,7 +30,8 @@ def training_curves(pretrain: list[dict], finetune: list[dict], path: str) -> No
     axes[1].set(title="fine-tuning", xlabel="epoch")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -47,7 +49,8 @@ def scatter(predictions: pd.DataFrame, path: str) -> None:
                title=f"{dim} (test frames)")  # fmt: skip
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -64,7 +67,8 @@ def timeseries(predictions: pd.DataFrame, path: str, n_clips: int) -> None:
     axes[0, 0].legend(ncol=4, fontsize=8, loc="upper left")
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -81,7 +85,8 @@ def circumplex(predictions: pd.DataFrame, path: str) -> None:
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

@@ -31,7 +31,9 @@ def dataset_root():
 
 
 def code_version(*modules):
-    """A hash of the clipva modules that a job runs, for its params: editing them makes the job stale."""
+    """A hash of the clipva modules that compute a job's results, for its params: editing them makes the job
+    stale. (How outputs are written, clipva.atomic and clipva.jobs, does not change them and is left out.)
+    """
     digest = hashlib.sha256()
     for module in modules:
         digest.update(

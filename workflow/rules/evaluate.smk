@@ -36,6 +36,8 @@ rule evaluate:
             "lora",
             "backbones",
             "frames",
+            "crop",
+            "encoder",
         ),
     script:
         "../scripts/evaluate.py"

@@ -56,6 +56,8 @@ rule pretrain:
             "lora",
             "backbones",
             "frames",
+            "crop",
+            "encoder",
         ),
     script:
         "../scripts/pretrain.py"
@@ -96,6 +98,8 @@ rule finetune:
             "lora",
             "backbones",
             "frames",
+            "crop",
+            "encoder",
         ),
     script:
         "../scripts/finetune.py"

@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 
+from clipva.atomic import atomic_path, write_text
 from clipva.backbones import lora_backbone
 from clipva.checkpoints import load_head
 from clipva.evaluation import constant_baseline, metrics_on_test_split, ridge_probe
@@ -24,7 +25,8 @@ def main(smk):
     tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
               for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
     predictions = pd.concat(tables, ignore_index=True)
-    predictions.to_csv(smk.output.predictions, index=False, float_format="%.4f")
+    with atomic_path(smk.output.predictions) as tmp:
+        predictions.to_csv(tmp, index=False, float_format="%.4f")
     metrics = metrics_on_test_split(predictions)
     metrics["baselines"] = {  # on the frozen features of the store
         "constant": constant_baseline(data["train"], data["test"]),
@@ -32,8 +34,7 @@ def main(smk):
     }
     metrics["best_epoch"] = ckpt.get("best", {})
     metrics["backbone"] = smk.params.backbone["backbone"]
-    with open(smk.output.metrics, "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_text(smk.output.metrics, json.dumps(metrics, indent=1))
     baselines = metrics["baselines"]
     log.info("test mean CCC %.3f (ridge probe %.3f, constant %.3f)", metrics["pooled"]["mean_ccc"],
              baselines["ridge_probe"]["test"]["mean_ccc"], baselines["constant"]["mean_ccc"])  # fmt: skip

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+from clipva.atomic import write_text
 from clipva.backbones import lora_backbone
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
@@ -24,8 +25,7 @@ def main(smk):
         save_adapters(backbone.visual, smk.output.adapter)
         if settings["lora"]["merge"]:
             export_merged(backbone.clip, backbone.visual, Path(smk.output.adapter) / "merged_open_clip.pt")
-    with open(smk.output.history, "w") as f:
-        json.dump({"best": best, "epochs": history}, f, indent=1)
+    write_text(smk.output.history, json.dumps({"best": best, "epochs": history}, indent=1))
     resume.clear()
 
 

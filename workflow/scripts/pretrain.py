@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 
+from clipva.atomic import write_text
 from clipva.backbones import lora_backbone
 from clipva.checkpoints import ResumeState, fingerprint, save_head
 from clipva.encoder import resolve_device
@@ -25,8 +26,7 @@ def main(smk):
     save_head(smk.output.head, head, window)
     if backbone is not None:
         save_adapters(backbone.visual, smk.output.adapter)
-    with open(smk.output.history, "w") as f:
-        json.dump(history, f, indent=1)
+    write_text(smk.output.history, json.dumps(history, indent=1))
     resume.clear()
 
 

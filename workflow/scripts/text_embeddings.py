@@ -1,5 +1,6 @@
 import numpy as np
 
+from clipva.atomic import atomic_path
 from clipva.encoder import encode_texts, load_clip
 from clipva.jobs import log, run_job
 from clipva.training import emotion_prompts
@@ -8,7 +9,8 @@ from clipva.training import emotion_prompts
 def main(smk):
     clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], smk.params.clip["precision"])
     prompts = emotion_prompts(smk.params.bins)
-    np.savez(smk.output[0], embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
+    with atomic_path(smk.output[0]) as tmp:
+        np.savez(tmp, embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
     log.info("text embeddings of %d emotion descriptions", len(prompts))
 
 

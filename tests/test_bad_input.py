@@ -1,0 +1,190 @@
+"""The corpus of broken AFEW-VA inputs: every case in both modes, odd image modes, and two workflow runs."""
+
+import io
+
+import h5py
+import numpy as np
+import pytest
+from conftest import run_snakemake
+from corpus import (
+    CASES,
+    N_FRAMES,
+    expected_frames,
+    frame_grey,
+    frame_rgb,
+    make_case,
+    make_corpus,
+    write_good_clip,
+)
+from PIL import Image
+
+from clipva.afew import index_dataset, write_report
+from clipva.crop import load_rgb
+from clipva.encoder import load_clip
+from clipva.errors import BadInputError
+from clipva.extract import extract_features
+from clipva.frames import FrameWindows
+
+IMAGE_CASES = ["grayscale_png", "rgba_png", "png_16bit", "frame_sizes_differ", "single_frame_clip"]
+
+
+def _report(problems, frames, path) -> tuple[list[str], list[str]]:
+    """The 'left out' and 'notes' lines of the validation report, as written (each checked against its count)."""
+    write_report(problems, frames, path, "skip")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    sections = {}
+    for title in ("left out", "notes"):
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"{title} ("))
+        end = lines.index("", start) if "" in lines[start:] else len(lines)
+        items = [line.strip() for line in lines[start + 1 : end]]
+        assert lines[start].startswith(f"{title} ({len(items)})")
+        sections[title] = items
+    return sections["left out"], sections["notes"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case_in_both_modes(name, tmp_path):
+    case = make_case(name, tmp_path)
+    if case.kind == "bad":
+        with pytest.raises(BadInputError) as err:
+            index_dataset(case.root, "error")
+        assert str(err.value).startswith(case.message), str(err.value)
+    else:
+        frames, problems = index_dataset(case.root, "error")
+        assert not any(p.fatal for p in problems)
+    if not case.skippable:
+        with pytest.raises(BadInputError, match="does not exist"):
+            index_dataset(case.root, "skip")
+        return
+    frames, problems = index_dataset(case.root, "skip")
+    assert set(zip(frames["clip_id"], frames["frame"], strict=True)) == expected_frames(case)
+    left_out, notes = _report(problems, frames, tmp_path / "report.txt")
+    if case.kind == "bad":
+        assert len(left_out) == 1 and left_out[0].startswith(case.message), left_out
+    else:
+        assert left_out == []
+    if case.kind == "note":
+        assert len(notes) == 1 and notes[0].startswith(case.message), notes
+    if case.kind == "valid":
+        assert problems == []
+        assert (frames["clip_id"] == case.clip).sum() == len(case.rgb or range(N_FRAMES))
+
+
+@pytest.mark.parametrize("name", IMAGE_CASES)
+def test_odd_but_valid_images_index_and_load_the_right_pixels(name, tmp_path):
+    case = make_case(name, tmp_path)
+    frames, _ = index_dataset(case.root, "error")
+    clip = frames[frames["clip_id"] == case.clip].sort_values("frame")
+    assert len(clip) == len(case.rgb)
+    for row, rgb in zip(clip.itertuples(), case.rgb, strict=True):
+        image = load_rgb(row.path)
+        assert image.mode == "RGB" and (row.width, row.height) == image.size == (rgb.shape[1], rgb.shape[0])
+        assert np.abs(np.asarray(image, dtype=int) - rgb).max() <= 1
+
+
+def test_load_rgb_reads_every_mode_as_8_bit_rgb(tmp_path):
+    grey, rgb = frame_grey(2), frame_rgb(2)
+    grey_rgb = np.repeat(grey[..., None], 3, -1)
+    few_colours = (rgb // 64 * 64).astype(np.uint8)  # 64 colours: a palette holds them exactly
+    alpha = np.full(grey.shape, 77, np.uint8)
+    cases = [
+        (Image.fromarray(grey), "png", grey_rgb),
+        (Image.fromarray(np.dstack([grey, alpha])), "png", grey_rgb),  # LA: alpha dropped
+        (Image.fromarray(few_colours).quantize(64, dither=Image.Dither.NONE), "png", few_colours),  # P
+        (Image.fromarray(rgb), "png", rgb),
+        (Image.fromarray(np.dstack([rgb, alpha])), "png", rgb),  # RGBA: alpha dropped
+        (Image.fromarray(grey.astype(np.uint16) * 257), "png", grey_rgb),  # I;16, 8 bit saved as v * 257
+        (Image.fromarray(grey.astype(np.uint16) << 8), "png", grey_rgb),  # I;16, saved as v * 256
+        (Image.fromarray(grey.astype(np.int32) * 257), "tiff", grey_rgb),  # I (32 bit) holding 16-bit values
+    ]
+    for k, (image, ext, expected) in enumerate(cases):
+        path = tmp_path / f"{k}.{ext}"
+        image.save(path)
+        with Image.open(path) as stored:
+            assert stored.mode == image.mode
+        loaded = load_rgb(path)
+        assert loaded.mode == "RGB", image.mode
+        assert np.abs(np.asarray(loaded, dtype=int) - expected).max() <= 1, image.mode
+    with Image.open(tmp_path / "5.png") as img:  # what load_rgb replaces: PIL's convert clips 16 bit to white
+        assert (np.asarray(img.convert("RGB")) == 255).mean() > 0.9
+
+
+def test_load_rgb_names_the_file_it_cannot_decode(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(frame_rgb(0)).save(buf, format="PNG")
+    for name, data in [("truncated.png", buf.getvalue()[:200]), ("garbage.png", b"\x89PNG not really" * 20)]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BadInputError, match=rf"{name}: cannot decode frame \("):
+            load_rgb(tmp_path / name)
+    with pytest.raises(BadInputError, match=r"missing\.png: cannot decode frame \(FileNotFoundError"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_odd_modes_give_the_same_features_and_windows_as_rgb(tmp_path):
+    """16-bit and grey frames encode like their 8-bit RGB twin, RGBA like its RGB: extraction and LoRA loading."""
+    cases = make_corpus(tmp_path / "data", ["png_16bit", "grayscale_png", "rgba_png"])
+    clip_16, clip_grey, clip_rgba = (case.clip for case in cases)
+    # clip 001 holds frame_rgb (the RGB of the RGBA clip); clip 009 the grey frames as RGB, for the other two
+    write_good_clip(tmp_path / "data", 9, images=[Image.fromarray(rgb) for rgb in cases[0].rgb])
+    frames, problems = index_dataset(tmp_path / "data", "error")
+    assert problems == []
+    clip = load_clip("clipva-tiny", None, "fp32", "cpu")
+    crop = {"method": "landmarks", "margin": 0.2}
+    extract_features(frames, str(tmp_path / "f.h5"), clip, crop, None, batch_size=8, num_workers=0, progress=False)
+    with h5py.File(tmp_path / "f.h5") as f:
+        feats = {k: f[f"clips/{k}/features"][()] for k in f["clips"]}
+    assert np.abs(feats[clip_16] - feats["009"]).max() < 1e-5
+    assert np.abs(feats[clip_grey] - feats["009"]).max() < 1e-5
+    assert np.abs(feats[clip_rgba] - feats["001"]).max() < 1e-5
+    assert np.abs(feats["009"] - feats["001"]).max() > 1e-3  # the frames differ, so the check has teeth
+    windows = FrameWindows(frames, [(k, np.arange(N_FRAMES)) for k in (clip_16, "009", clip_rgba, "001")],
+                           clip.preprocess, crop)  # fmt: skip
+    assert (windows[0] - windows[1]).abs().max() < 1e-6 and (windows[2] - windows[3]).abs().max() < 1e-6
+
+
+COMBINED = ["corrupt_png", "malformed_json", "valence_out_of_range", "video_id_disagrees", "png_16bit",
+            "grayscale_png", "rgba_png"]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_workflow_stops_on_a_corrupt_png_naming_file_and_frame(tmp_path):
+    case = make_case("corrupt_png", tmp_path / "data")
+    proc = run_snakemake(tmp_path, "results/index/frames.csv", overrides={"dataset": {"root": str(case.root)}},
+                         check=False)  # fmt: skip
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/index.log").read_text(encoding="utf-8")
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and case.message in errors[0], log
+    assert "Traceback" not in log
+    assert not (tmp_path / "results/index/frames.csv").exists()
+
+
+@pytest.mark.e2e
+def test_workflow_skips_every_broken_clip_of_a_mixed_data_set(tmp_path):
+    root = tmp_path / "AFEW VA données ü"
+    cases = make_corpus(root, COMBINED)
+    run_snakemake(tmp_path, "features", overrides={"dataset": {"root": str(root), "on_bad_input": "skip"}})
+    report = (tmp_path / "results/index/validation_report.txt").read_text(encoding="utf-8")
+    left_out = report.split("left out (")[1].split("\n\n")[0].splitlines()[1:]
+    bad = [case for case in cases if case.kind == "bad"]
+    assert report.count(f"left out ({len(bad)}):") == 1 and len(left_out) == len(bad)
+    for line, case in zip(left_out, bad, strict=True):
+        assert line.strip().startswith(case.message), (line, case.message)
+    kept = expected_frames(cases)
+    by_name = {case.name: case.clip for case in cases}
+    with h5py.File(tmp_path / "results/features/features.h5") as f:
+        stored = {(k, int(i)) for k in f["clips"] for i in f[f"clips/{k}/frame_index"][()]}
+        feats = {k: f[f"clips/{k}/features"][()] for k in f["clips"]}
+    assert stored == kept
+    assert {by_name["png_16bit"], by_name["grayscale_png"], by_name["rgba_png"]} <= set(feats)
+    assert np.abs(feats[by_name["png_16bit"]] - feats[by_name["grayscale_png"]]).max() < 1e-4  # not white
+    assert np.abs(feats[by_name["rgba_png"]] - feats["001"]).max() < 1e-4
+
+
+@pytest.mark.e2e
+def test_workflow_names_a_data_root_that_does_not_exist(tmp_path):
+    missing = tmp_path / "no such folder"
+    proc = run_snakemake(tmp_path, "-n", "features", overrides={"dataset": {"root": str(missing)}}, check=False)
+    assert proc.returncode != 0
+    assert "Missing input files for rule index" in proc.stdout + proc.stderr
+    assert str(missing) in proc.stdout + proc.stderr
