@@ -1,146 +1,89 @@
-"""The workflow on a real one-node SLURM cluster on loopback, through profiles/slurm.
+"""The README's cluster commands, run on a real one-node SLURM cluster on loopback through profiles/slurm.
 
 Starts munged, slurmctld and slurmd from Debian's packages (installed here if missing; needs root), with a
-fake GPU declared through gres, runs the tiny demo with extraction in 2 shards through the profile, checks
-the controller's record of the jobs and that the result equals a local run's, and stops every daemon it
-started by PID. See shared/reference/slurm-on-loopback.md for the traps this avoids.
+fake GPU declared through gres (tests/slurm_loopback.py), runs the command lines of the README's "Running
+on a cluster" block on the tiny demo, checks the controller's record of the jobs and that the result
+equals a local run's, and stops every daemon it started by PID.
 """
 
-import os
-import shutil
-import signal
+import shlex
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
+from slurm_loopback import Unavailable, loopback_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
-CONF = Path("/etc/slurm/slurm.conf")
-
-
-def _sh(*cmd, timeout=120, check=True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, **kw)
-
-
-def _ensure_packages() -> None:
-    if all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("SLURM is not installed and this machine cannot install it (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    if _sh(*install, timeout=300, check=False, env=env).returncode != 0:
-        _sh("apt-get", "update", "-q", timeout=300, env=env)
-        _sh(*install, timeout=300, env=env)
-
-
-def _wait(predicate, seconds: float, what: str) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} within {seconds} s")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("a SLURM cluster on loopback needs root (slurm.conf lives in /etc/slurm)")
-    _ensure_packages()
-    tmp = tmp_path_factory.mktemp("slurm")
-    backup = CONF.read_bytes() if CONF.exists() else None
-    gres = CONF.with_name("gres.conf")
-    gres_backup = gres.read_bytes() if gres.exists() else None
-    procs: list[subprocess.Popen] = []
     try:
-        key = Path("/etc/munge/munge.key")
-        if not key.exists():
-            key.write_bytes(os.urandom(1024))
-        shutil.chown(key, "munge", "munge")
-        key.chmod(0o400)
-        _sh("install", "-d", "-o", "munge", "-g", "munge", "-m", "0755", "/run/munge")
-        procs.append(subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "--foreground", "--force"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        _wait(lambda: Path("/run/munge/munge.socket.2").exists(), 20, "munged did not start")
-        node_line = _sh("slurmd", "-C").stdout.splitlines()[0]
-        node = node_line.split()[0].split("=")[1]
-        for d in ("state", "spool", "log"):
-            (tmp / d).mkdir()
-        CONF.parent.mkdir(parents=True, exist_ok=True)
-        CONF.write_text(f"""ClusterName=clipva-test
-SlurmctldHost={node}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-ReturnToService=2
-GresTypes=gpu
-StateSaveLocation={tmp}/state
-SlurmdSpoolDir={tmp}/spool
-SlurmctldPidFile={tmp}/slurmctld.pid
-SlurmdPidFile={tmp}/slurmd.pid
-SlurmctldLogFile={tmp}/log/slurmctld.log
-SlurmdLogFile={tmp}/log/slurmd.log
-SlurmctldDebug=info
-{node_line} NodeAddr=127.0.0.1 Gres=gpu:1 State=UNKNOWN
-PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
-""")
-        gres.write_text(f"NodeName={node} Name=gpu File=/dev/null\n")
-        procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen(["slurmd", "-D"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait(lambda: "idle" in _sh("sinfo", "-h", "-o", "%T", check=False, timeout=10).stdout, 60,
-              "the SLURM node did not become idle")  # fmt: skip
-        yield {"log": tmp / "log" / "slurmctld.log"}
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        for path, content in ((CONF, backup), (gres, gres_backup)):
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_bytes(content)
+        with loopback_cluster(tmp_path_factory.mktemp("slurm")) as log:
+            yield {"log": log}
+    except Unavailable as why:
+        pytest.skip(str(why))
 
 
-def test_workflow_through_the_slurm_profile_equals_a_local_run(cluster, tmp_path):
-    overrides = {"features": {"shards": 2}}
+def readme_cluster_commands() -> list[str]:
+    """The command lines of the README's "Running on a cluster" code block."""
+    section = (REPO / "README.md").read_text().split("## Running on a cluster")[1]
+    block = section.split("```bash\n")[1].split("```")[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def as_test(line: str, workdir: Path, config: Path) -> list[str]:
+    """A README line, run on the tiny test configuration in `workdir`: the repository's Snakefile and
+    profile, the test config before the README's own config file, and a short first status check."""
+    words = shlex.split(line)
+    words = [SNAKEMAKE if w == ".venv/bin/snakemake" else str(REPO / w) if w == "profiles/slurm" else w for w in words]
+    if "--configfile" in words:
+        words.insert(words.index("--configfile") + 1, str(config))
+    else:
+        words += ["--configfile", str(config)]
+    return ["timeout", "-k", "20", "900", *words, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--slurm-init-seconds-before-status-checks", "1"]  # fmt: skip
+
+
+def _jobs() -> list[str]:
+    """The controller's record of the workflow's jobs: one line each."""
+    out = subprocess.run(["scontrol", "show", "jobs", "-o"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "Comment=rule_" in line]
+
+
+def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster, tmp_path):
+    commands = readme_cluster_commands()
+    assert commands[0] == ".venv/bin/snakemake --profile profiles/slurm results/submission.csv"
     remote, local = tmp_path / "slurm", tmp_path / "local"
     remote.mkdir()
     local.mkdir()
-    config = write_config(remote, overrides)
-    cmd = ["timeout", "-k", "20", "900", SNAKEMAKE, "--profile", str(REPO / "profiles/slurm"),
-           "-s", str(REPO / "Snakefile"), "-d", str(remote), "--jobs", "4",
-           "--slurm-init-seconds-before-status-checks", "1", "--set-threads", "extract_features=2",
-           "--configfile", str(config)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=960)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    config = write_config(remote)
+    before = {line.split()[0] for line in _jobs()}
+    seen: dict[str, str] = {}  # JobId -> record, gathered after each command (finished jobs age out)
+    for line in commands:
+        if not line.startswith(".venv/bin/snakemake"):
+            subprocess.run(line, shell=True, cwd=remote, check=True)  # e.g. writing shards.yaml
+            continue
+        proc = subprocess.run(as_test(line, remote, config), cwd=remote, capture_output=True, text=True,
+                              timeout=960)  # fmt: skip
+        assert proc.returncode == 0, line + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
+        seen.update((job.split()[0], job) for job in _jobs() if job.split()[0] not in before)
+        if line == commands[0]:
+            submission = pd.read_csv(remote / "results/submission.csv", dtype={"clip_id": str})
 
-    # the controller's record: every job went through sbatch, the extraction as two jobs, GPU rules with a gpu
-    jobs = _sh("scontrol", "show", "jobs", "-o").stdout.splitlines()
-    rules = [line.split("Comment=")[1].split()[0] for line in jobs if "Comment=rule_" in line]
-    assert sum(r.startswith("rule_extract_features") for r in rules) == 2
-    assert any(r.startswith("rule_finetune") for r in rules)
-    assert all("JobState=COMPLETED" in line for line in jobs if "Comment=rule_" in line)
-    gpu_jobs = [line for line in jobs if "Comment=rule_finetune" in line]
-    assert all("gpu" in line for line in gpu_jobs)
+    # the controller's record: every job went through sbatch, GPU rules with a gpu, the shards as 8 jobs
+    jobs = list(seen.values())
+    rules = [line.split("Comment=")[1].split()[0] for line in jobs]
+    assert all("JobState=COMPLETED" in line for line in jobs)
+    assert {r.split("_wildcards")[0] for r in rules} >= {"rule_extract_features", "rule_merge_features",
+                                                        "rule_pretrain", "rule_finetune"}  # fmt: skip
+    assert sum(r.startswith("rule_extract_features") for r in rules) == 1 + 8
+    assert all("gpu" in line for line in jobs if "Comment=rule_finetune" in line)
+    assert not any("gpu" in line for line in jobs if "Comment=rule_evaluate" in line or "group" in line)
+    assert len(list((remote / "results/features/shards").glob("*-of-8.h5"))) == 8
     assert "_slurm_rpc_submit_batch_job" in cluster["log"].read_text()
 
-    run_snakemake(local, overrides=overrides)
-    a = pd.read_csv(remote / "results/submission.csv", dtype={"clip_id": str})
-    b = pd.read_csv(local / "results/submission.csv", dtype={"clip_id": str})
-    pd.testing.assert_frame_equal(a, b)
+    run_snakemake(local)
+    pd.testing.assert_frame_equal(submission, pd.read_csv(local / "results/submission.csv", dtype={"clip_id": str}))
