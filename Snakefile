@@ -1,5 +1,6 @@
 # clipva: temporal valence/arousal regression from face video with CLIP image encoders.
-# Phases: data (demo, index, split) -> features (CLIP into HDF5) -> pretrain -> finetune -> evaluate.
+# Phases: data (demo, index, split) -> features (CLIP into HDF5) -> pretrain -> finetune -> evaluate;
+# experiments: cross-validation by actor (target cv) and the runs compared (target compare).
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,9 +17,12 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/experiments.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/submission.csv",
+        "results/config.yaml",

@@ -131,7 +131,7 @@ def test_killed_finetuning_resumes_to_the_same_metrics(features_ready, tmp_path,
     _kill_when(_command(killed, overrides=overrides), state.exists, what)  # right after the first epoch's save
     assert not (killed / f"results/runs/{run}/finetune/best.pt").exists()
     _again(killed, what, overrides)
-    assert "finetune: resuming after epoch" in (killed / f"logs/{run}/finetune.log").read_text()
+    assert "finetune: resuming after epoch" in (killed / f"logs/runs/{run}/finetune.log").read_text()
     metrics = [json.loads((w / f"results/runs/{run}/eval/metrics.json").read_text()) for w in (reference, killed)]
     assert metrics[0]["pooled"] == metrics[1]["pooled"] and metrics[0]["best_epoch"] == metrics[1]["best_epoch"]
 

@@ -83,6 +83,16 @@ def save_adapters(visual: PeftModel, adapter_dir: str | Path) -> None:
     visual.save_pretrained(str(adapter_dir))
 
 
+NO_ADAPTERS = "NO_ADAPTERS.txt"
+
+
+def save_no_adapters(adapter_dir: str | Path) -> None:
+    """The adapter folder of a frozen-backbone run: a note that there are none (every run has the folder, so
+    frozen and LoRA runs share one DAG)."""
+    Path(adapter_dir).mkdir(parents=True, exist_ok=True)
+    (Path(adapter_dir) / NO_ADAPTERS).write_text("frozen backbone: this run trains no adapters\n")
+
+
 def export_merged(clip: LoadedClip, visual: PeftModel, path: str | Path) -> None:
     """Merge the adapters into the base weights and save the whole CLIP state dict, loadable again
     through ``clip.pretrained: <path>``."""

@@ -96,3 +96,35 @@ def all_plots(pretrain: list[dict], finetune: list[dict], predictions: pd.DataFr
     scatter(predictions, paths["scatter"])
     timeseries(predictions, paths["timeseries"], n_timeseries)
     circumplex(predictions, paths["circumplex"])
+
+
+def video_curves(table: pd.DataFrame, path: str, title: str = "") -> None:
+    """Valence and arousal of a video over time (frames without a face shaded), and its valence-arousal path."""
+    fig = plt.figure(figsize=(10, 3.8))
+    grid = fig.add_gridspec(2, 2, width_ratios=(2.2, 1))
+    t = table["time"].to_numpy()
+    no_face = ~table["face_found"].to_numpy(dtype=bool)
+    for row, dim in enumerate(DIMENSIONS):
+        ax = fig.add_subplot(grid[row, 0])
+        ax.plot(t, table[dim], lw=1.2, color=f"C{row}")
+        ax.fill_between(t, -10, 10, where=no_face, color="grey", alpha=0.2, step="mid",
+                        label="no face" if row == 0 else None)  # fmt: skip
+        ax.set(ylim=(-10, 10), ylabel=dim)
+        if row == 0:
+            ax.set_title(title)
+            if no_face.any():
+                ax.legend(loc="upper right", fontsize=8)
+        else:
+            ax.set_xlabel("time (s)")
+    ax = fig.add_subplot(grid[:, 1])
+    points = ax.scatter(table["valence"], table["arousal"], c=t, s=6, cmap="viridis")
+    ax.plot(table["valence"], table["arousal"], lw=0.5, color="grey")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set(xlim=(-10, 10), ylim=(-10, 10), xlabel="valence", ylabel="arousal", title="valence-arousal path")
+    ax.set_aspect("equal")
+    fig.colorbar(points, ax=ax, label="time (s)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

@@ -1,8 +1,11 @@
+import copy
 import hashlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 
 # Jobs run the clipva next to this Snakefile (also in a conda env or on a cluster node that lacks the
 # editable install), and code_version() hashes exactly that code.
@@ -15,19 +18,35 @@ os.environ.update(
 RUN = config["run"]
 RUN_DIR = f"results/runs/{RUN}"
 DEMO_ROOT = "results/demo/afew-va"
+VIDEOS_ROOT = "results/videos/afew-va"  # annotated videos (dataset.format: videos) in AFEW-VA layout
 FRAMES = "results/index/frames.csv"
 CLIPS = "results/index/clips.csv"
 REPORT = "results/index/validation_report.txt"
 N_SHARDS = config["features"]["shards"]
 SHARD = f"results/features/shards/{{shard}}-of-{N_SHARDS}.h5"
 FEATURES = "results/features/features.h5"
-LORA = config["training"]["backbone"] == "lora"
+# A run's results live in results/{exp}/: exp is runs/<run> (trained on the configured split) or
+# cv/<run>/fold<k> (trained on fold k of the subject-independent cross-validation).
+EXP = "results/{exp}"
+
+
+wildcard_constraints:
+    exp=r"runs/[A-Za-z0-9_.-]+|cv/[A-Za-z0-9_.-]+/fold[0-9]+",
+    fold=r"[0-9]+",
+    bins=r"[0-9]+",
 
 
 def dataset_root():
     """The data set the index reads: the generated demo, or the configured folder."""
     root = config["dataset"]["root"]
-    return DEMO_ROOT if root == "demo" else str(Path(root).expanduser().resolve())
+    if root == "demo":
+        return DEMO_ROOT
+    return VIDEOS_ROOT if config["dataset"]["format"] == "videos" else user_root()
+
+
+def user_root():
+    """The configured data folder (AFEW-VA layout, or annotated videos), resolved."""
+    return str(Path(config["dataset"]["root"]).expanduser().resolve())
 
 
 def code_version(*modules):
@@ -47,23 +66,116 @@ def section(*names):
     return {name: config[name] for name in names}
 
 
-def backbone_params():
+def merged(base, overrides):
+    """`base` with the nested dict `overrides` merged in (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def run_settings(run):
+    """The configuration of one run: config.yaml's sections with the run's variant (config runs) merged in."""
+    return merged(config, config["runs"].get(run, {}))
+
+
+RUNS = list(dict.fromkeys([RUN, *config["runs"]]))
+COMPARE = config["compare"] or RUNS
+CV_RUNS = config["cv"]["runs"] or [RUN]
+FOLDS = config["split"]["folds"]
+for name in dict.fromkeys([*COMPARE, *CV_RUNS]):
+    if name not in RUNS:
+        raise WorkflowError(
+            f"config: run {name!r} is neither `run` nor one of the variants under `runs` ({', '.join(RUNS)})"
+        )
+for name in config["runs"]:  # a variant must give a valid configuration once merged
+    try:
+        validate(
+            run_settings(name),
+            f"{workflow.basedir}/workflow/schemas/config.schema.yaml",
+        )
+    except WorkflowError as err:
+        raise WorkflowError(f"config runs.{name}: {err}") from None
+
+
+def exp_run(wildcards):
+    """The run of an experiment folder (runs/<run> or cv/<run>/fold<k>)."""
+    return wildcards.exp.split("/")[1]
+
+
+def exp_clips(wildcards):
+    """The split an experiment trains and tests on: the configured one, or a cross-validation fold's."""
+    if wildcards.exp.startswith("runs/"):
+        return CLIPS
+    return f"results/cv/folds/{wildcards.exp.split('/')[2]}.csv"
+
+
+def exp_section(name):
+    """A config section of the experiment's run, as a params function."""
+    return lambda wildcards: run_settings(exp_run(wildcards))[name]
+
+
+def is_lora(run):
+    return run_settings(run)["training"]["backbone"] == "lora"
+
+
+def backbone_params(wildcards):
     """What the training rules depend on beyond their own section: with LoRA, the image tower and its crops."""
-    if not LORA:
+    settings = run_settings(exp_run(wildcards))
+    if settings["training"]["backbone"] != "lora":
         return {"backbone": "frozen"}
-    return {"backbone": "lora", **section("lora", "clip", "face_crop")}
-
-
-def adapter(stage):
-    """The LoRA adapters a stage writes (peft format), or nothing for the frozen backbone."""
-    return {"adapter": directory(f"{RUN_DIR}/{stage}/adapter")} if LORA else {}
+    return {
+        "backbone": "lora",
+        **{k: settings[k] for k in ("lora", "clip", "face_crop")},
+    }
 
 
 def lora_inputs(stage):
-    """Frames (and the previous stage's adapters) that a LoRA stage reads."""
-    if not LORA:
-        return {}
-    inputs = {"frames": FRAMES}
-    if stage:
-        inputs["adapter"] = f"{RUN_DIR}/{stage}/adapter"
+    """Frames (and the previous stage's adapters) that a LoRA stage reads; nothing for a frozen run."""
+
+    def inputs(wildcards):
+        if not is_lora(exp_run(wildcards)):
+            return {}
+        found = {"frames": FRAMES}
+        if stage:
+            found["adapter"] = f"results/{wildcards.exp}/{stage}/adapter"
+        return found
+
     return inputs
+
+
+def text_embeddings(wildcards):
+    """The CLIP text embeddings of the emotion prompts for the run's number of bins."""
+    return f"results/features/text/{exp_section('pretrain')(wildcards)['bins']}bins.npz"
+
+
+def plots_of(exp):
+    return [f"results/{exp}/eval/plots/{name}.png" for name in PLOT_NAMES]
+
+
+def video_files():
+    """{name: path} of the configured videos (the file name without its suffix names the outputs)."""
+    if not config["predict"]["videos"]:
+        return {}
+    from clipva.errors import ClipvaError
+    from clipva.video import list_videos
+
+    try:
+        videos = list_videos(Path(config["predict"]["videos"]).expanduser().resolve())
+    except ClipvaError as err:
+        raise WorkflowError(f"config predict.videos: {err}") from None
+    names = {}
+    for video in videos:
+        if video.stem in names:
+            raise WorkflowError(
+                f"config predict.videos: {video} and {names[video.stem]} would both write "
+                f"results/predict/{video.stem}.csv"
+            )
+        names[video.stem] = str(video)
+    return names
+
+
+VIDEOS = video_files()

@@ -12,6 +12,23 @@ rule demo:
         "../scripts/demo.py"
 
 
+rule convert_videos:
+    input:
+        user_root(),
+    output:
+        directory(VIDEOS_ROOT),
+    log:
+        "logs/convert_videos.log",
+    conda:
+        "../../envs/clipva.yaml"
+    threads: 2
+    params:
+        videos=config["dataset"]["videos"],
+        code=code_version("annotated_videos", "video", "faces"),
+    script:
+        "../scripts/convert_videos.py"
+
+
 rule index:
     input:
         dataset_root(),

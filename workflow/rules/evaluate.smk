@@ -1,25 +1,23 @@
-PREDICTIONS = f"{RUN_DIR}/eval/predictions.csv"
-PLOTS = {
-    name: f"{RUN_DIR}/eval/plots/{name}.png"
-    for name in ("curves", "scatter", "timeseries", "circumplex")
-}
+PREDICTIONS = f"{EXP}/eval/predictions.csv"
+PLOT_NAMES = ("curves", "scatter", "timeseries", "circumplex")
 
 
 rule evaluate:
     input:
-        **lora_inputs("finetune"),
+        unpack(lora_inputs("finetune")),
         features=FEATURES,
-        clips=CLIPS,
+        clips=exp_clips,
         head=FINETUNED,
     output:
         metrics=report(
-            f"{RUN_DIR}/eval/metrics.json",
+            f"{EXP}/eval/metrics.json",
             caption="../report/metrics.rst",
             category="Metrics",
+            subcategory="{exp}",
         ),
         predictions=PREDICTIONS,
     log:
-        f"logs/{RUN}/evaluate.log",
+        "logs/{exp}/evaluate.log",
     conda:
         "../../envs/clipva.yaml"
     threads: 2
@@ -27,7 +25,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        backbone=backbone_params(),
+        backbone=backbone_params,
         code=code_version(
             "evaluation",
             "metrics",
@@ -46,15 +44,20 @@ rule evaluate:
 rule plots:
     input:
         predictions=PREDICTIONS,
-        pretrain=f"{RUN_DIR}/pretrain/history.json",
-        finetune=f"{RUN_DIR}/finetune/history.json",
+        pretrain=f"{EXP}/pretrain/history.json",
+        finetune=f"{EXP}/finetune/history.json",
     output:
         **{
-            name: report(path, caption="../report/plots.rst", category="Plots")
-            for name, path in PLOTS.items()
+            name: report(
+                f"{EXP}/eval/plots/{name}.png",
+                caption="../report/plots.rst",
+                category="Plots",
+                subcategory="{exp}",
+            )
+            for name in PLOT_NAMES
         },
     log:
-        f"logs/{RUN}/plots.log",
+        "logs/{exp}/plots.log",
     conda:
         "../../envs/clipva.yaml"
     params:
@@ -66,8 +69,8 @@ rule plots:
 
 rule submission:
     input:
-        predictions=PREDICTIONS,
-        plots=list(PLOTS.values()),
+        predictions=f"{RUN_DIR}/eval/predictions.csv",
+        plots=plots_of(f"runs/{RUN}"),
     output:
         "results/submission.csv",
     log:

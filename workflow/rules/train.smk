@@ -1,13 +1,25 @@
-TEXT = "results/features/text_embeddings.npz"
-PRETRAINED = f"{RUN_DIR}/pretrain/head.pt"
-FINETUNED = f"{RUN_DIR}/finetune/best.pt"
+# Training of one experiment (results/{exp}: a run on the configured split, or a cross-validation fold).
+PRETRAINED = f"{EXP}/pretrain/head.pt"
+FINETUNED = f"{EXP}/finetune/best.pt"
+TRAIN_CODE = [
+    "training",
+    "head",
+    "losses",
+    "sequences",
+    "checkpoints",
+    "lora",
+    "backbones",
+    "frames",
+    "crop",
+    "encoder",
+]
 
 
 rule text_embeddings:
     output:
-        TEXT,
+        "results/features/text/{bins}bins.npz",
     log:
-        "logs/text_embeddings.log",
+        "logs/text_embeddings/{bins}bins.log",
     conda:
         "../../envs/clipva.yaml"
     resources:
@@ -15,7 +27,6 @@ rule text_embeddings:
         runtime=15,
     params:
         clip=config["clip"],
-        bins=config["pretrain"]["bins"],
         code=code_version("encoder", "training"),
     script:
         "../scripts/text_embeddings.py"
@@ -23,18 +34,18 @@ rule text_embeddings:
 
 rule pretrain:
     input:
-        **lora_inputs(None),
+        unpack(lora_inputs(None)),
         features=FEATURES,
-        clips=CLIPS,
-        text=TEXT,
+        clips=exp_clips,
+        text=text_embeddings,
     output:
-        **adapter("pretrain"),
+        adapter=directory(f"{EXP}/pretrain/adapter"),
         head=PRETRAINED,
-        history=f"{RUN_DIR}/pretrain/history.json",
+        history=f"{EXP}/pretrain/history.json",
     log:
-        f"logs/{RUN}/pretrain.log",
+        "logs/{exp}/pretrain.log",
     benchmark:
-        f"benchmarks/out/{RUN}/pretrain.tsv"
+        "benchmarks/out/{exp}/pretrain.tsv"
     conda:
         "../../envs/clipva.yaml"
     threads: 2
@@ -43,40 +54,29 @@ rule pretrain:
         mem_mb=8000,
         runtime=120,
     params:
-        head=config["head"],
-        pretrain=config["pretrain"],
-        backbone=backbone_params(),
-        state=f"{RUN_DIR}/.state/pretrain.pt",
-        code=code_version(
-            "training",
-            "head",
-            "losses",
-            "sequences",
-            "checkpoints",
-            "lora",
-            "backbones",
-            "frames",
-            "crop",
-            "encoder",
-        ),
+        head=exp_section("head"),
+        pretrain=exp_section("pretrain"),
+        backbone=backbone_params,
+        state=lambda wildcards: f"results/{wildcards.exp}/.state/pretrain.pt",
+        code=code_version(*TRAIN_CODE),
     script:
         "../scripts/pretrain.py"
 
 
 rule finetune:
     input:
-        **lora_inputs("pretrain"),
+        unpack(lora_inputs("pretrain")),
         features=FEATURES,
-        clips=CLIPS,
+        clips=exp_clips,
         head=PRETRAINED,
     output:
-        **adapter("finetune"),
+        adapter=directory(f"{EXP}/finetune/adapter"),
         head=FINETUNED,
-        history=f"{RUN_DIR}/finetune/history.json",
+        history=f"{EXP}/finetune/history.json",
     log:
-        f"logs/{RUN}/finetune.log",
+        "logs/{exp}/finetune.log",
     benchmark:
-        f"benchmarks/out/{RUN}/finetune.tsv"
+        "benchmarks/out/{exp}/finetune.tsv"
     conda:
         "../../envs/clipva.yaml"
     threads: 2
@@ -85,21 +85,9 @@ rule finetune:
         mem_mb=8000,
         runtime=120,
     params:
-        finetune=config["finetune"],
-        backbone=backbone_params(),
-        state=f"{RUN_DIR}/.state/finetune.pt",
-        code=code_version(
-            "training",
-            "head",
-            "losses",
-            "sequences",
-            "checkpoints",
-            "metrics",
-            "lora",
-            "backbones",
-            "frames",
-            "crop",
-            "encoder",
-        ),
+        finetune=exp_section("finetune"),
+        backbone=backbone_params,
+        state=lambda wildcards: f"results/{wildcards.exp}/.state/finetune.pt",
+        code=code_version(*TRAIN_CODE, "metrics"),
     script:
         "../scripts/finetune.py"

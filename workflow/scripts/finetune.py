@@ -6,7 +6,7 @@ from clipva.backbones import lora_backbone
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
 from clipva.jobs import run_job
-from clipva.lora import export_merged, save_adapters
+from clipva.lora import export_merged, save_adapters, save_no_adapters
 from clipva.sequences import load_splits
 from clipva.training import finetune
 
@@ -25,6 +25,8 @@ def main(smk):
         save_adapters(backbone.visual, smk.output.adapter)
         if settings["lora"]["merge"]:
             export_merged(backbone.clip, backbone.visual, Path(smk.output.adapter) / "merged_open_clip.pt")
+    else:
+        save_no_adapters(smk.output.adapter)
     write_text(smk.output.history, json.dumps({"best": best, "epochs": history}, indent=1))
     resume.clear()
 

@@ -8,7 +8,7 @@ from clipva.checkpoints import ResumeState, fingerprint, save_head
 from clipva.encoder import resolve_device
 from clipva.head import HeadConfig
 from clipva.jobs import run_job
-from clipva.lora import save_adapters
+from clipva.lora import save_adapters, save_no_adapters
 from clipva.sequences import load_splits
 from clipva.training import pretrain
 
@@ -26,6 +26,8 @@ def main(smk):
     save_head(smk.output.head, head, window)
     if backbone is not None:
         save_adapters(backbone.visual, smk.output.adapter)
+    else:
+        save_no_adapters(smk.output.adapter)
     write_text(smk.output.history, json.dumps(history, indent=1))
     resume.clear()
 

@@ -8,7 +8,7 @@ from clipva.training import emotion_prompts
 
 def main(smk):
     clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], smk.params.clip["precision"])
-    prompts = emotion_prompts(smk.params.bins)
+    prompts = emotion_prompts(int(smk.wildcards.bins))
     with atomic_path(smk.output[0]) as tmp:
         np.savez(tmp, embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
     log.info("text embeddings of %d emotion descriptions", len(prompts))

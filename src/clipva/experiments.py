@@ -1,0 +1,119 @@
+"""Summaries across experiments: subject-independent cross-validation folds, and runs (variants) compared.
+
+`cv_summary` reports every metric of every run as mean and standard deviation over folds (sample standard
+deviation, ddof=1), each fold's value, and the value over all folds' test predictions pooled together
+(with actor folds every labeled clip is tested exactly once, so this is the whole data set's score).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from clipva.atomic import atomic_path  # noqa: E402
+from clipva.evaluation import metrics_on_test_split  # noqa: E402
+from clipva.metrics import DIMENSIONS, METRICS  # noqa: E402
+
+VIEWS = ("pooled", "per_clip")
+
+
+def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
+    """(view, dimension, metric) -> value of one metrics.json (the test split's metrics and baselines)."""
+    out = {}
+    for view in VIEWS:
+        for dim in DIMENSIONS:
+            for metric in METRICS:
+                out[(view, dim, metric)] = metrics[view][dim][metric]
+        out[(view, "mean", "mean_ccc")] = metrics[view]["mean_ccc"]
+    baselines = metrics.get("baselines", {})
+    if "ridge_probe" in baselines:
+        out[("ridge_probe", "mean", "mean_ccc")] = baselines["ridge_probe"]["test"]["mean_ccc"]
+    if "constant" in baselines:
+        out[("constant", "mean", "mean_ccc")] = baselines["constant"]["mean_ccc"]
+    return out
+
+
+def cv_summary(metrics: dict[tuple[str, int], dict], predictions: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    """One row per (run, view, dimension, metric): mean, std, all_folds (pooled predictions), fold0..foldK-1.
+
+    `metrics` and `predictions` are keyed by (run, fold): each fold's metrics.json and predictions.csv.
+    """
+    runs = list(dict.fromkeys(run for run, _ in metrics))
+    rows = []
+    for run in runs:
+        folds = sorted(fold for r, fold in metrics if r == run)
+        per_fold = [_flat(metrics[(run, fold)]) for fold in folds]
+        together = pd.concat([predictions[(run, fold)] for fold in folds], ignore_index=True)
+        tested = together[together["split"] == "test"]
+        if tested.duplicated(["clip_id", "frame"]).any():
+            raise ValueError(f"cv_summary: run {run}: a clip is in the test split of two folds")
+        overall = _flat({**metrics_on_test_split(together)})
+        for key in per_fold[0]:
+            values = np.array([f[key] for f in per_fold], dtype=float)
+            rows.append({"run": run, "view": key[0], "dimension": key[1], "metric": key[2],
+                         "mean": float(np.nanmean(values)),
+                         "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
+                         "all_folds": overall.get(key, float("nan")),
+                         **{f"fold{fold}": v for fold, v in zip(folds, values, strict=True)}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
+    """One row per run: its test metrics (pooled over frames, and the per-clip mean CCC) and baselines."""
+    rows = []
+    for run, m in metrics.items():
+        row = {"run": run, "backbone": m.get("backbone", ""), "mean_ccc": m["pooled"]["mean_ccc"]}
+        for metric in METRICS:
+            for dim in DIMENSIONS:
+                row[f"{metric}_{dim}"] = m["pooled"][dim][metric]
+        row["per_clip_mean_ccc"] = m["per_clip"]["mean_ccc"]
+        row["ridge_probe_mean_ccc"] = m["baselines"]["ridge_probe"]["test"]["mean_ccc"]
+        row["constant_mean_ccc"] = m["baselines"]["constant"]["mean_ccc"]
+        row["best_epoch"] = m.get("best_epoch", {}).get("epoch", float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_comparison(table: pd.DataFrame, path: str) -> None:
+    """Test CCC of each run (valence, arousal, mean), with the ridge probe of the same features."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(table) + 2), 3.6))
+    x = np.arange(len(table))
+    for k, (column, label) in enumerate([("ccc_valence", "valence"), ("ccc_arousal", "arousal"),
+                                         ("mean_ccc", "mean")]):  # fmt: skip
+        ax.bar(x + (k - 1) * 0.27, table[column], width=0.27, label=f"CCC {label}")
+    ax.scatter(x, table["ridge_probe_mean_ccc"], marker="_", s=600, color="black", zorder=3, label="ridge probe (mean)")
+    ax.set_xticks(x, table["run"])
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylabel="test CCC (pooled)", title="runs compared on the configured split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def plot_cv(table: pd.DataFrame, path: str) -> None:
+    """Pooled test CCC per run over the folds: mean +- std as bars, each fold as a dot."""
+    pooled = table[(table["view"] == "pooled") & (table["metric"].isin(["ccc", "mean_ccc"]))]
+    runs = list(dict.fromkeys(pooled["run"]))
+    folds = [c for c in table.columns if c.startswith("fold")]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(runs) + 2), 3.6))
+    for k, dim in enumerate(("valence", "arousal", "mean")):
+        part = pooled.set_index("run").loc[runs]
+        part = part[part["dimension"] == dim]
+        x = np.arange(len(runs)) + (k - 1) * 0.27
+        ax.bar(x, part["mean"], yerr=part["std"], width=0.27, capsize=3, label=f"CCC {dim}")
+        for j, run in enumerate(runs):
+            ax.scatter([x[j]] * len(folds), part.loc[run, folds], color="black", s=8, zorder=3)
+    ax.set_xticks(np.arange(len(runs)), runs)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylabel="test CCC (pooled per fold)", title=f"{len(folds)}-fold cross-validation by actor")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

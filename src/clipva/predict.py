@@ -1,0 +1,138 @@
+"""Valence/arousal curves for your own videos, with a trained clipva model.
+
+A model is the folder ``results/runs/<run>/model/`` that the workflow's ``export_model`` rule writes:
+``model.json`` (the CLIP architecture and weights, precision, face crop, backbone), ``head.pt`` (the
+temporal head with its window) and, for a LoRA run, ``adapter/`` (peft format). Prediction goes through
+the same crop, preprocessing, image tower and temporal head as training:
+
+1. decode the video at ``fps`` and detect faces in every frame; keep the main face and smooth its box
+   (`clipva.faces.track_main_face`);
+2. crop each frame around that box (frames without a face: the box interpolated from their neighbours),
+   encode the crops, and run the temporal head over the sequence;
+3. frames without a face are marked ``face_found = false``; with ``no_face: empty`` their values are left
+   empty, with ``interpolate`` they keep the prediction made from the interpolated box.
+
+Values are on the annotation scale of AFEW-VA, -10..10.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipva.atomic import write_text
+from clipva.checkpoints import load_head
+from clipva.crop import crop_face
+from clipva.encoder import LoadedClip, encode_images, load_clip
+from clipva.errors import BadInputError, ConfigError
+from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
+from clipva.head import TemporalHead
+from clipva.sequences import VA_SCALE, predict_clip
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.json"
+NO_FACE = ("interpolate", "empty")
+COLUMNS = ["time", "frame", "valence", "arousal", "face_found"]
+
+
+def export_model(out_dir: str | Path, head: str | Path, adapter: str | Path | None, settings: dict) -> None:
+    """Write a model folder from a run's fine-tuned head (and adapters); `settings` holds the run's
+    ``clip``, ``face_crop`` and ``training`` sections."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(head, out / "head.pt")
+    lora = settings["training"]["backbone"] == "lora"
+    if lora:
+        if adapter is None:
+            raise ValueError("a LoRA model needs its adapter folder")
+        shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
+    doc = {"clip": settings["clip"], "face_crop": settings["face_crop"], "backbone": "lora" if lora else "frozen"}
+    write_text(out / MODEL_FILE, json.dumps(doc, indent=1))
+
+
+@dataclass
+class Model:
+    clip: LoadedClip
+    visual: torch.nn.Module | None  # the image tower with adapters (LoRA), or None: clip's own tower
+    head: TemporalHead
+    window: dict
+    face_crop: dict
+
+
+def load_model(model_dir: str | Path) -> Model:
+    """A model folder (see the module doc) ready to predict on this machine's device."""
+    model_dir = Path(model_dir)
+    doc_path = model_dir / MODEL_FILE
+    if not doc_path.is_file():
+        raise ConfigError(f"{model_dir}: not a clipva model folder (no {MODEL_FILE}; the workflow writes one to "
+                          "results/runs/<run>/model/ with `snakemake results/runs/<run>/model`)")  # fmt: skip
+    doc = json.loads(doc_path.read_text())
+    clip = load_clip(doc["clip"]["model"], doc["clip"]["pretrained"], doc["clip"]["precision"])
+    visual = None
+    if doc["backbone"] == "lora":
+        from clipva.lora import load_adapters
+
+        visual = load_adapters(clip, model_dir / "adapter").to(clip.device)
+    head, ckpt = load_head(model_dir / "head.pt", clip.device)
+    head.eval()
+    return Model(clip, visual, head, ckpt["window"], doc["face_crop"])
+
+
+@torch.no_grad()
+def _encode(model: Model, crops: list) -> np.ndarray:
+    images = torch.stack([model.clip.preprocess(c) for c in crops])
+    if model.visual is None:
+        return encode_images(model.clip, images).cpu().numpy()
+    from clipva.lora import encode_frames
+
+    return encode_frames(model.visual, images, model.clip.dtype).cpu().numpy()
+
+
+def predict_video(path: str | Path, model: Model, fps: float | None = 10.0, no_face: str = "interpolate",
+                  smooth_window: int = 5, min_score: float = 0.5, batch_size: int = 32,
+                  detector: FaceDetector | None = None) -> pd.DataFrame:  # fmt: skip
+    """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found."""
+    from clipva.video import decode
+
+    if no_face not in NO_FACE:
+        raise ConfigError(f"predict.no_face: {no_face!r} is not one of {', '.join(NO_FACE)}")
+    detector = detector or FaceDetector(min_score=min_score)
+    times, detections = [], []
+    for t, _, image in decode(path, fps):  # pass 1: faces
+        times.append(t)
+        detections.append(detector(image))
+    if not times:
+        raise BadInputError(f"{path}: no frames decoded")
+    track = track_main_face(detections, window=smooth_window, fill="interpolate")
+    boxes = track[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    found = track["face_found"].to_numpy(dtype=bool)
+    table = pd.DataFrame({"time": np.round(times, 6), "frame": np.arange(len(times)), "valence": np.nan,
+                          "arousal": np.nan, "face_found": found})  # fmt: skip
+    if not found.any():
+        log.warning("%s: no face found in any of its %d frames; its values are left empty", path, len(times))
+        return table
+    margin = model.face_crop.get("margin", 0.0) if model.face_crop["method"] == "landmarks" else None
+    features, crops = [], []
+    for k, (_, _, image) in enumerate(decode(path, fps)):  # pass 2: crops through the image tower
+        crops.append(image if margin is None else crop_face(image, tuple(boxes[k]), margin))
+        if len(crops) == batch_size:
+            features.append(_encode(model, crops))
+            crops = []
+    if crops:
+        features.append(_encode(model, crops))
+    x = np.concatenate(features)
+    if len(x) != len(times):
+        raise BadInputError(f"{path}: decoded {len(x)} frames on the second pass, {len(times)} on the first")
+    pred = predict_clip(model.head, x, model.window["window"], model.window["stride"], model.clip.device) * VA_SCALE
+    table[["valence", "arousal"]] = pred
+    if no_face == "empty":
+        table.loc[~found, ["valence", "arousal"]] = np.nan
+    log.info("%s: %d frames, face in %d (%.0f%%)", path, len(table), found.sum(), 100 * found.mean())
+    return table[COLUMNS]

@@ -1,0 +1,108 @@
+"""Cross-validation by actor, runs compared, one report: the summaries (unit) and the workflow (e2e)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_snakemake
+
+from clipva.evaluation import metrics_on_test_split
+from clipva.experiments import compare_runs, cv_summary
+from clipva.splits import read_clips
+
+
+def _predictions(seed: int, clips: list[str]) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for clip in clips:
+        for frame in range(10):
+            v, a = rng.integers(-10, 11, 2)
+            pred = {"valence_pred": v * 0.5 + rng.normal(0, 3), "arousal_pred": a * 0.3 + rng.normal(0, 3)}
+            rows.append({"clip_id": clip, "frame": frame, "split": "test", "valence": v, "arousal": a, **pred})
+    return pd.DataFrame(rows)
+
+
+def _metrics(pred: pd.DataFrame) -> dict:
+    m = metrics_on_test_split(pred)
+    m["baselines"] = {"ridge_probe": {"test": {"mean_ccc": 0.1}}, "constant": {"mean_ccc": 0.0}}
+    return m
+
+
+def test_cv_summary_is_mean_and_std_over_folds_and_pools_all_folds():
+    preds = {("a", k): _predictions(k, [f"{k}{i}" for i in range(3)]) for k in range(3)}
+    metrics = {key: _metrics(p) for key, p in preds.items()}
+    table = cv_summary(metrics, preds)
+    row = table[(table["run"] == "a") & (table["view"] == "pooled") & (table["dimension"] == "valence")
+                & (table["metric"] == "ccc")].iloc[0]  # fmt: skip
+    folds = [metrics[("a", k)]["pooled"]["valence"]["ccc"] for k in range(3)]
+    assert [row[f"fold{k}"] for k in range(3)] == pytest.approx(folds)
+    assert row["mean"] == pytest.approx(np.mean(folds)) and row["std"] == pytest.approx(np.std(folds, ddof=1))
+    everything = metrics_on_test_split(pd.concat(preds.values()))
+    assert row["all_folds"] == pytest.approx(everything["pooled"]["valence"]["ccc"])
+    assert row["all_folds"] != pytest.approx(row["mean"])  # pooling all folds is not averaging them
+    probe = table[(table["view"] == "ridge_probe")].iloc[0]
+    assert probe["mean"] == pytest.approx(0.1)
+    # every metric of both views, both dimensions and the mean CCC
+    assert len(table) == 2 * (2 * 4 + 1) + 2
+
+
+def test_cv_summary_refuses_a_clip_tested_in_two_folds():
+    preds = {("a", 0): _predictions(0, ["1", "2"]), ("a", 1): _predictions(1, ["2", "3"])}
+    with pytest.raises(ValueError, match="two folds"):
+        cv_summary({k: _metrics(p) for k, p in preds.items()}, preds)
+
+
+def test_compare_runs_has_a_row_per_run():
+    metrics = {"main": _metrics(_predictions(0, ["1", "2"])), "other": _metrics(_predictions(1, ["1", "2"]))}
+    table = compare_runs(metrics)
+    assert table["run"].tolist() == ["main", "other"]
+    assert table.loc[0, "mean_ccc"] == metrics["main"]["pooled"]["mean_ccc"]
+    assert {"ccc_valence", "rmse_arousal", "sagr_valence", "ridge_probe_mean_ccc"} <= set(table.columns)
+
+
+VARIANTS = {"split": {"folds": 3}, "runs": {"nopre": {"pretrain": {"epochs": 0}}}}  # cv.runs: [] is `run`
+
+
+@pytest.mark.e2e
+def test_cross_validation_and_comparison_of_runs(tmp_path):
+    run_snakemake(tmp_path, "all", "cv", "compare", overrides=VARIANTS)
+    summary = pd.read_csv(tmp_path / "results/cv/summary.csv")
+    assert set(summary["run"]) == {"main"}
+    assert {"mean", "std", "all_folds", "fold0", "fold1", "fold2"} <= set(summary.columns)
+    # the folds: each labeled clip tested exactly once, no actor in two splits of a fold
+    frames = pd.read_csv(tmp_path / "results/index/frames.csv", dtype={"clip_id": str})
+    labeled = set(frames.loc[frames["labeled"], "clip_id"])
+    tested = []
+    for k in range(3):
+        clips = read_clips(tmp_path / f"results/cv/folds/fold{k}.csv")
+        tested += clips.loc[clips["split"] == "test", "clip_id"].tolist()
+        splits_of_actor = clips[clips["split"] != "unlabeled"].groupby("actor")["split"].nunique()
+        assert (splits_of_actor == 1).all()
+    assert sorted(tested) == sorted(labeled)
+    # the summary's fold values are those folds' metrics
+    fold1 = json.loads((tmp_path / "results/cv/main/fold1/eval/metrics.json").read_text())
+    row = summary[(summary["run"] == "main") & (summary["view"] == "pooled") & (summary["metric"] == "mean_ccc")]
+    assert row["fold1"].iloc[0] == pytest.approx(fold1["pooled"]["mean_ccc"], abs=1e-4)
+    compared = pd.read_csv(tmp_path / "results/compare/runs.csv")
+    assert compared["run"].tolist() == ["main", "nopre"]
+    for png in ("cv/summary.png", "compare/runs.png"):
+        assert (tmp_path / "results" / png).read_bytes()[:4] == b"\x89PNG"
+    nopre = json.loads((tmp_path / "results/runs/nopre/pretrain/history.json").read_text())
+    assert nopre == []  # the variant's own settings: no pretraining epochs
+
+    # adding a run trains only that run (and remakes the tables that list it)
+    more = {**VARIANTS, "runs": {**VARIANTS["runs"], "mse": {"finetune": {"loss": "mse"}}}}
+    dry = run_snakemake(tmp_path, "-n", "cv", "compare", overrides=more)
+    planned = dry.stdout.split("Job stats:")[1].split("Reasons:")[0]
+    assert "results/runs/mse/finetune/best.pt" in dry.stdout and "results/runs/main/" not in dry.stdout.replace(
+        "results/runs/main/eval/metrics.json", "")  # fmt: skip
+    assert "cv_summary" not in planned and "extract_features" not in planned
+
+    # one report: the config, the metrics, the CV summary, the comparison and every plot
+    report = tmp_path / "report.html"
+    run_snakemake(tmp_path, "--report", str(report), "all", "cv", "compare", overrides=VARIANTS)
+    html = report.read_text()
+    for name in ("summary.csv", "runs.csv", "config.yaml", "metrics.json", "summary.png", "runs.png",
+                 "curves.png", "circumplex.png"):  # fmt: skip
+        assert name in html, name

@@ -1,0 +1,110 @@
+# Experiments as the field reports them: subject-independent k-fold cross-validation (every fold its own
+# branch of the DAG, sharing the extracted features), and a comparison of the runs declared in the config.
+
+
+rule cv_split:
+    input:
+        FRAMES,
+    output:
+        "results/cv/folds/fold{fold}.csv",
+    log:
+        "logs/cv/split-fold{fold}.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        split=lambda wildcards: {
+            **config["split"],
+            "method": "actor_kfold",
+            "fold": int(wildcards.fold),
+        },
+        code=code_version("splits"),
+    script:
+        "../scripts/split.py"
+
+
+rule cv_summary:
+    input:
+        metrics=expand(
+            "results/cv/{run}/fold{fold}/eval/metrics.json",
+            run=CV_RUNS,
+            fold=range(FOLDS),
+        ),
+        predictions=expand(
+            "results/cv/{run}/fold{fold}/eval/predictions.csv",
+            run=CV_RUNS,
+            fold=range(FOLDS),
+        ),
+    output:
+        summary=report(
+            "results/cv/summary.csv",
+            caption="../report/cv.rst",
+            category="Cross-validation",
+        ),
+        plot=report(
+            "results/cv/summary.png",
+            caption="../report/cv.rst",
+            category="Cross-validation",
+        ),
+    log:
+        "logs/cv/summary.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        runs=CV_RUNS,
+        folds=FOLDS,
+        code=code_version("experiments", "metrics", "evaluation"),
+    script:
+        "../scripts/cv_summary.py"
+
+
+rule compare_runs:
+    input:
+        metrics=expand("results/runs/{run}/eval/metrics.json", run=COMPARE),
+    output:
+        table=report(
+            "results/compare/runs.csv",
+            caption="../report/compare.rst",
+            category="Comparison of runs",
+        ),
+        plot=report(
+            "results/compare/runs.png",
+            caption="../report/compare.rst",
+            category="Comparison of runs",
+        ),
+    log:
+        "logs/compare.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        runs=COMPARE,
+        code=code_version("experiments"),
+    script:
+        "../scripts/compare_runs.py"
+
+
+rule resolved_config:
+    output:
+        report(
+            "results/config.yaml",
+            caption="../report/config.rst",
+            category="Configuration",
+        ),
+    log:
+        "logs/config.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        config=config,
+        runs={run: run_settings(run) for run in RUNS},
+    script:
+        "../scripts/resolved_config.py"
+
+
+rule cv:
+    input:
+        "results/cv/summary.csv",
+
+
+rule compare:
+    input:
+        "results/compare/runs.csv",

@@ -1,0 +1,68 @@
+# Valence/arousal curves for your own videos (config predict.videos) with the trained model of run `run`.
+
+
+wildcard_constraints:
+    run=r"[A-Za-z0-9_.-]+",
+    video=r"[^/]+",
+
+
+rule export_model:
+    input:
+        head="results/runs/{run}/finetune/best.pt",
+        adapter="results/runs/{run}/finetune/adapter",
+    output:
+        directory("results/runs/{run}/model"),
+    log:
+        "logs/runs/{run}/export_model.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        settings=lambda wildcards: {
+            key: run_settings(wildcards.run)[key]
+            for key in ("clip", "face_crop", "training")
+        },
+        code=code_version("predict"),
+    script:
+        "../scripts/export_model.py"
+
+
+rule predict_video:
+    input:
+        video=lambda wildcards: VIDEOS[wildcards.video],
+        model=f"{RUN_DIR}/model",
+    output:
+        csv="results/predict/{video}.csv",
+        plot=report(
+            "results/predict/{video}.png",
+            caption="../report/predict.rst",
+            category="Predictions",
+        ),
+    log:
+        "logs/predict/{video}.log",
+    conda:
+        "../../envs/clipva.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        predict=config["predict"],
+        code=code_version(
+            "predict",
+            "video",
+            "faces",
+            "crop",
+            "encoder",
+            "sequences",
+            "head",
+            "lora",
+            "plots",
+        ),
+    script:
+        "../scripts/predict_video.py"
+
+
+rule predict:
+    input:
+        expand("results/predict/{video}.csv", video=VIDEOS),
