@@ -80,14 +80,19 @@ def _landmarks(value: object, width: int, height: int) -> tuple[np.ndarray | Non
     return points, None
 
 
-def read_annotation(path: Path) -> dict:
-    """Parse one clip's JSON and check its structure; raises BadInputError naming the file."""
+def load_json(path: Path, what: str = "annotation file") -> object:
+    """A JSON file's content; a missing or malformed file raises BadInputError naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BadInputError(f"{path}: annotation file is missing") from None
+        raise BadInputError(f"{path}: {what} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: malformed JSON ({err})") from None
+
+
+def read_annotation(path: Path) -> dict:
+    """Parse one clip's JSON and check its structure; raises BadInputError naming the file."""
+    data = load_json(path)
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
     if not isinstance(data.get("frames"), dict):

@@ -30,13 +30,13 @@ that frame) keeps its PNG but loses its label, so that no whole-frame crop is tr
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from clipva.afew import load_json
 from clipva.atomic import write_text
 from clipva.demo import write_clip
 from clipva.errors import BadInputError
@@ -70,12 +70,7 @@ def _records(path: Path) -> tuple[pd.DataFrame, str | None]:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise BadInputError(f"{path}: malformed CSV ({type(err).__name__}: {err})") from None
         return table, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: label file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"{path}: malformed JSON ({err})") from None
+    data = load_json(path, "label file")
     actor = None
     if isinstance(data, dict):
         actor = data.get("actor")
