@@ -2,12 +2,13 @@
 
 import json
 import re
+import shlex
 import shutil
 
 import h5py
 import pandas as pd
 import pytest
-from conftest import run_snakemake
+from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -160,3 +161,22 @@ def test_report_holds_the_metrics_and_the_plots(finished):
     assert "metrics.json" in html and "mean_ccc" in html
     for name in ("curves", "scatter", "timeseries", "circumplex"):
         assert f"{name}.png" in html
+
+
+def readme_snakemake_commands() -> list[list[str]]:
+    """Every snakemake command line of the README's code blocks, split into words."""
+    text = (REPO / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```bash\n")[1:]]
+    lines = [line.split("  #")[0] for block in blocks for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith(".venv/bin/snakemake")]
+
+
+def test_readme_commands_give_no_target_where_snakemake_reads_config_files():
+    """--configfile takes every word up to the next option: a target after it is read as a config file."""
+    commands = readme_snakemake_commands()
+    assert len(commands) >= 6
+    for words in commands:
+        if "--configfile" in words:
+            after = words[words.index("--configfile") + 1 :]
+            files = after[: next((i for i, w in enumerate(after) if w.startswith("-")), len(after))]
+            assert all(f.endswith((".yaml", ".yml", ".json")) for f in files), " ".join(words)
