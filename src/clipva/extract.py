@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import time
@@ -19,6 +20,23 @@ from clipva.store import ClipFeatures, atomic_h5, write_clip
 
 log = logging.getLogger(__name__)
 BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
+TRIM_EVERY = 32  # clips written between two returns of freed heap memory to the OS
+try:
+    _LIBC = ctypes.CDLL(None)
+except (OSError, TypeError):  # platforms without a C library handle (Windows: no CDLL(None))
+    _LIBC = None
+
+
+def _malloc_trim() -> None:
+    """Return the heap's free pages to the OS (glibc's malloc_trim; a no-op where there is none).
+
+    Each clip written to HDF5 leaves small long-lived allocations between the encoder's large temporary
+    buffers, so freed memory piles up in holes of the heap: without this, the resident size grows by ~0.35 MB
+    per clip although that memory is free (clipva-tiny, 300 clips: 837 -> 983 MiB; heap in use +10 MiB,
+    free +116 MiB; peak RSS 600 vs 60 clips 1.23x, with the trim 1.04x: benchmarks/extraction_memory.py)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class FrameCrops(Dataset):
@@ -99,6 +117,8 @@ def extract_features(
                 )
                 pending = [block[n:]] if n < len(block) else []
                 first, next_end = first + n, next_end + 1
+                if next_end % TRIM_EVERY == 0:
+                    _malloc_trim()
         bar.close()
     seconds = time.perf_counter() - start
     summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds}

@@ -15,6 +15,10 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
 )
 
+# torch's OpenMP threads spin while waiting; on a busy or shared machine that stalls every parallel region
+# (benchmarks/README.md: a 60-clip build 109 s -> 65 s with PASSIVE). Jobs inherit it; a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 RUN = config["run"]
 RUN_DIR = f"results/runs/{RUN}"
 DEMO_ROOT = "results/demo/afew-va"
