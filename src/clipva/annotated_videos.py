@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from clipva.afew import load_json
-from clipva.atomic import write_text
+from clipva.atomic import write_csv
 from clipva.demo import write_clip
 from clipva.errors import BadInputError
 from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
@@ -246,6 +246,6 @@ def convert_annotated_videos(src: str | Path, dst: str | Path, fps: float | None
         rows.append(row)
         faces.append(table)
     mapping = pd.DataFrame(rows)
-    write_text(dst / "videos.csv", mapping.to_csv(index=False))
-    write_text(dst / "faces.csv", pd.concat(faces, ignore_index=True).to_csv(index=False))
+    write_csv(dst / "videos.csv", mapping)
+    write_csv(dst / "faces.csv", pd.concat(faces, ignore_index=True))
     return mapping

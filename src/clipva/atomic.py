@@ -63,6 +63,12 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def write_csv(path: str | Path, table, **to_csv) -> None:
+    """A pandas table as CSV, atomically (keyword arguments go to DataFrame.to_csv; index=False by default)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, **{"index": False, **to_csv})
+
+
 # errno -> what to do about it, for the message of a job that cannot write its outputs
 WRITE_ERRORS = {
     errno.ENOSPC: "free some space",

@@ -28,7 +28,7 @@ def _model_dir(model: str) -> Path:
 
 
 def predict(args: argparse.Namespace) -> None:
-    from clipva.atomic import atomic_path
+    from clipva.atomic import write_csv
     from clipva.plots import video_curves
     from clipva.predict import load_model, predict_video
     from clipva.video import list_videos
@@ -39,8 +39,7 @@ def predict(args: argparse.Namespace) -> None:
     for video in videos:
         table = predict_video(video, model, fps=args.fps, no_face=args.no_face)
         csv = args.out / f"{video.stem}.csv"
-        with atomic_path(csv) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
+        write_csv(csv, table, float_format="%.4f")
         video_curves(table, str(args.out / f"{video.stem}.png"), title=video.name)
         print(f"{video}: {len(table)} frames, face in {int(table['face_found'].sum())} -> {csv}")
 

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from clipva.atomic import atomic_path  # noqa: E402
 from clipva.evaluation import metrics_on_test_split  # noqa: E402
 from clipva.metrics import DIMENSIONS, METRICS  # noqa: E402
+from clipva.plots import save_figure  # noqa: E402
 
 VIEWS = ("pooled", "per_clip")
 
@@ -91,9 +91,7 @@ def plot_comparison(table: pd.DataFrame, path: str) -> None:
     ax.set(ylabel="test CCC (pooled)", title="runs compared on the configured split")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_cv(table: pd.DataFrame, path: str) -> None:
@@ -114,6 +112,4 @@ def plot_cv(table: pd.DataFrame, path: str) -> None:
     ax.set(ylabel="test CCC (pooled per fold)", title=f"{len(folds)}-fold cross-validation by actor")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -12,6 +12,13 @@ from clipva.atomic import atomic_path  # noqa: E402
 from clipva.metrics import DIMENSIONS  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str) -> None:
+    """Write a figure as PNG, atomically, and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def training_curves(pretrain: list[dict], finetune: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if pretrain:
@@ -30,9 +37,7 @@ def training_curves(pretrain: list[dict], finetune: list[dict], path: str) -> No
     axes[1].set(title="fine-tuning", xlabel="epoch")
     axes[1].legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _test(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -49,9 +54,7 @@ def scatter(predictions: pd.DataFrame, path: str) -> None:
                title=f"{dim} (test frames)")  # fmt: skip
         ax.set_aspect("equal")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def timeseries(predictions: pd.DataFrame, path: str, n_clips: int) -> None:
@@ -67,9 +70,7 @@ def timeseries(predictions: pd.DataFrame, path: str, n_clips: int) -> None:
     axes[0, 0].legend(ncol=4, fontsize=8, loc="upper left")
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def circumplex(predictions: pd.DataFrame, path: str) -> None:
@@ -85,9 +86,7 @@ def circumplex(predictions: pd.DataFrame, path: str) -> None:
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def all_plots(pretrain: list[dict], finetune: list[dict], predictions: pd.DataFrame, paths: dict,
@@ -125,6 +124,4 @@ def video_curves(table: pd.DataFrame, path: str, title: str = "") -> None:
     ax.set_aspect("equal")
     fig.colorbar(points, ax=ax, label="time (s)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -42,16 +42,14 @@ NO_FACE = ("interpolate", "empty")
 COLUMNS = ["time", "frame", "valence", "arousal", "face_found"]
 
 
-def export_model(out_dir: str | Path, head: str | Path, adapter: str | Path | None, settings: dict) -> None:
-    """Write a model folder from a run's fine-tuned head (and adapters); `settings` holds the run's
-    ``clip``, ``face_crop`` and ``training`` sections."""
+def export_model(out_dir: str | Path, head: str | Path, adapter: str | Path, settings: dict) -> None:
+    """Write a model folder from a run's fine-tuned head and adapter folder (copied for a LoRA run);
+    `settings` holds the run's ``clip``, ``face_crop`` and ``training`` sections."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(head, out / "head.pt")
     lora = settings["training"]["backbone"] == "lora"
     if lora:
-        if adapter is None:
-            raise ValueError("a LoRA model needs its adapter folder")
         shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
     doc = {"clip": settings["clip"], "face_crop": settings["face_crop"], "backbone": "lora" if lora else "frozen"}
     write_text(out / MODEL_FILE, json.dumps(doc, indent=1))

@@ -1,4 +1,5 @@
 import copy
+import functools
 import hashlib
 import importlib.util
 import os
@@ -65,11 +66,6 @@ def code_version(*modules):
     return digest.hexdigest()[:12]
 
 
-def section(*names):
-    """The config sections a rule depends on, as its params (so editing another section never reruns it)."""
-    return {name: config[name] for name in names}
-
-
 def merged(base, overrides):
     """`base` with the nested dict `overrides` merged in (a copy)."""
     out = copy.deepcopy(base)
@@ -81,8 +77,10 @@ def merged(base, overrides):
     return out
 
 
+@functools.cache
 def run_settings(run):
-    """The configuration of one run: config.yaml's sections with the run's variant (config runs) merged in."""
+    """The configuration of one run: config.yaml's sections with the run's variant (config runs) merged in.
+    Computed once per run (params of every job read it); callers must not modify it."""
     return merged(config, config["runs"].get(run, {}))
 
 
@@ -98,7 +96,7 @@ for name in dict.fromkeys([*COMPARE, *CV_RUNS]):
 for name in config["runs"]:  # a variant must give a valid configuration once merged
     try:
         validate(
-            run_settings(name),
+            copy.deepcopy(run_settings(name)),
             f"{workflow.basedir}/workflow/schemas/config.schema.yaml",
         )
     except WorkflowError as err:
@@ -128,9 +126,10 @@ def is_lora(run):
 
 def backbone_params(wildcards):
     """What the training rules depend on beyond their own section: with LoRA, the image tower and its crops."""
-    settings = run_settings(exp_run(wildcards))
-    if settings["training"]["backbone"] != "lora":
+    run = exp_run(wildcards)
+    if not is_lora(run):
         return {"backbone": "frozen"}
+    settings = run_settings(run)
     return {
         "backbone": "lora",
         **{k: settings[k] for k in ("lora", "clip", "face_crop")},

@@ -1,15 +1,16 @@
 import json
+from pathlib import Path
 
-from clipva.atomic import atomic_path
+from clipva.atomic import write_csv
 from clipva.experiments import compare_runs, plot_comparison
 from clipva.jobs import run_job
 
 
 def main(smk):
-    metrics = {run: json.loads(open(path).read()) for run, path in zip(smk.params.runs, smk.input.metrics, strict=True)}
+    paths = zip(smk.params.runs, smk.input.metrics, strict=True)
+    metrics = {run: json.loads(Path(path).read_text()) for run, path in paths}
     table = compare_runs(metrics)
-    with atomic_path(smk.output.table) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(smk.output.table, table, float_format="%.4f")
     plot_comparison(table, smk.output.plot)
 
 

@@ -1,8 +1,9 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 
-from clipva.atomic import atomic_path
+from clipva.atomic import write_csv
 from clipva.experiments import cv_summary, plot_cv
 from clipva.jobs import log, run_job
 
@@ -10,12 +11,11 @@ from clipva.jobs import log, run_job
 def main(smk):
     runs, folds = smk.params.runs, smk.params.folds
     keys = [(run, fold) for run in runs for fold in range(folds)]  # the order of the rule's expand()
-    metrics = {key: json.loads(open(path).read()) for key, path in zip(keys, smk.input.metrics, strict=True)}
+    metrics = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, smk.input.metrics, strict=True)}
     predictions = {key: pd.read_csv(path, dtype={"clip_id": str})
                    for key, path in zip(keys, smk.input.predictions, strict=True)}  # fmt: skip
     table = cv_summary(metrics, predictions)
-    with atomic_path(smk.output.summary) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(smk.output.summary, table, float_format="%.4f")
     plot_cv(table, smk.output.plot)
     for run in runs:
         row = table[(table["run"] == run) & (table["view"] == "pooled") & (table["metric"] == "mean_ccc")].iloc[0]

@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from clipva.atomic import atomic_path, write_text
+from clipva.atomic import write_csv, write_text
 from clipva.backbones import lora_backbone
 from clipva.checkpoints import load_head
 from clipva.evaluation import constant_baseline, metrics_on_test_split, ridge_probe
@@ -25,8 +25,7 @@ def main(smk):
     tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
               for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
     predictions = pd.concat(tables, ignore_index=True)
-    with atomic_path(smk.output.predictions) as tmp:
-        predictions.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(smk.output.predictions, predictions, float_format="%.4f")
     metrics = metrics_on_test_split(predictions)
     metrics["baselines"] = {  # on the frozen features of the store
         "constant": constant_baseline(data["train"], data["test"]),

@@ -1,4 +1,4 @@
-from clipva.atomic import atomic_path
+from clipva.atomic import write_csv
 from clipva.jobs import log, run_job
 from clipva.plots import video_curves
 from clipva.predict import load_model, predict_video
@@ -9,8 +9,7 @@ def main(smk):
     model = load_model(smk.input.model)
     table = predict_video(smk.input.video, model, fps=cfg["fps"], no_face=cfg["no_face"],
                           smooth_window=cfg["smooth_window"], min_score=cfg["min_score"])  # fmt: skip
-    with atomic_path(smk.output.csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(smk.output.csv, table, float_format="%.4f")
     video_curves(table, smk.output.plot, title=smk.wildcards.video)
     log.info("%s: %d frames, face in %d", smk.input.video, len(table), int(table["face_found"].sum()))
 

@@ -1,13 +1,12 @@
 from clipva.afew import read_frames
-from clipva.atomic import atomic_path
+from clipva.atomic import write_csv
 from clipva.jobs import log, run_job
 from clipva.splits import assign_splits, clip_table
 
 
 def main(smk):
     clips = assign_splits(clip_table(read_frames(smk.input[0])), smk.params.split)
-    with atomic_path(smk.output[0]) as tmp:
-        clips.to_csv(tmp, index=False)
+    write_csv(smk.output[0], clips)
     log.info("split: %s", clips["split"].value_counts().to_dict())
 
 
