@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,20 @@ def _bad_png(name: str, what: str, damage: Callable[[bytes], bytes]) -> Callable
 def _flip_middle_byte(data: bytes) -> bytes:
     out = bytearray(data)
     out[len(out) // 2] ^= 0xFF
+    return bytes(out)
+
+
+def scrambled_pixels(data: bytes) -> bytes:
+    """A PNG whose chunks are intact (lengths, CRCs) but whose image data is not a zlib stream: it passes
+    PIL's verify(), which the index uses, and fails only when decoded, at extraction."""
+    out, pos = bytearray(data[:8]), 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IDAT":
+            body = bytes((b * 7 + 3) % 256 for b in body)
+        out += length.to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        pos += 12 + length
     return bytes(out)
 
 

@@ -1,9 +1,11 @@
 """The corpus of broken AFEW-VA inputs: every case in both modes, odd image modes, and two workflow runs."""
 
 import io
+import re
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_snakemake
 from corpus import (
@@ -14,6 +16,7 @@ from corpus import (
     frame_rgb,
     make_case,
     make_corpus,
+    scrambled_pixels,
     write_good_clip,
 )
 from PIL import Image
@@ -24,6 +27,8 @@ from clipva.encoder import load_clip
 from clipva.errors import BadInputError
 from clipva.extract import extract_features
 from clipva.frames import FrameWindows
+from clipva.sequences import load_splits
+from clipva.store import FeatureStore, merge_stores, skipped_frames, write_skip_report
 
 IMAGE_CASES = ["grayscale_png", "rgba_png", "png_16bit", "frame_sizes_differ", "single_frame_clip"]
 
@@ -142,6 +147,65 @@ def test_odd_modes_give_the_same_features_and_windows_as_rgb(tmp_path):
     assert (windows[0] - windows[1]).abs().max() < 1e-6 and (windows[2] - windows[3]).abs().max() < 1e-6
 
 
+def _scramble(root, clip_id: int, frames) -> list[str]:
+    paths = []
+    for k in frames:
+        png = root / f"{clip_id:03d}" / f"{k:05d}.png"
+        png.write_bytes(scrambled_pixels(png.read_bytes()))
+        paths.append(str(png.resolve()))
+    return paths
+
+
+def test_frames_that_pass_the_index_but_cannot_be_decoded_stop_or_are_skipped_at_extraction(tmp_path):
+    """Indexing checks PNG chunks, not pixels (decoding every frame twice would double AFEW-VA's indexing
+    cost), so extraction is where such a frame shows: error mode stops naming it, skip mode leaves it out
+    of the store and lists it, and leaves out a clip with no decodable frame whole."""
+    root = tmp_path / "data"
+    for k in (1, 2, 3):
+        write_good_clip(root, k, N_FRAMES)
+    bad_frame = _scramble(root, 2, [1])[0]
+    whole_clip = _scramble(root, 3, range(N_FRAMES))
+    frames, problems = index_dataset(root, "error")
+    assert problems == [] and len(frames) == 3 * N_FRAMES
+    clip = load_clip("clipva-tiny", None, "fp32", "cpu")
+    crop = {"method": "landmarks", "margin": 0.2}
+
+    with pytest.raises(BadInputError, match=rf"^{re.escape(bad_frame)}: cannot decode frame \("):
+        extract_features(frames, str(tmp_path / "e.h5"), clip, crop, None, batch_size=8, num_workers=0, progress=False)
+    assert not (tmp_path / "e.h5").exists()
+
+    shards = [str(tmp_path / f"{k}.h5") for k in range(2)]
+    for k, clips in enumerate([["001", "003"], ["002"]]):  # two shards, as the workflow writes them
+        part = frames[frames["clip_id"].isin(clips)]
+        summary = extract_features(part, shards[k], clip, crop, None, batch_size=3, num_workers=1, progress=False,
+                                   on_bad_input="skip")  # fmt: skip
+        assert summary["skipped"] == (N_FRAMES if k == 0 else 1)
+    skipped = merge_stores(shards, tmp_path / "f.h5")
+    assert [s["path"] for s in skipped] == whole_clip + [bad_frame]
+    assert skipped == skipped_frames(tmp_path / "f.h5")
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.clip_ids == ["001", "002"]
+        good, partial = store.load("001"), store.load("002")
+    keep = [0, 2, 3]
+    assert partial.frame_index.tolist() == keep
+    assert np.abs(partial.features - good.features[keep]).max() < 1e-6  # rows not shifted by the gap
+    assert np.array_equal(partial.valence, good.valence[keep])
+
+    write_skip_report(skipped, tmp_path / "f.h5", tmp_path / "report.txt")
+    report = (tmp_path / "report.txt").read_text(encoding="utf-8")
+    assert f"could not be decoded ({N_FRAMES + 1}):\n" in report
+    assert f"  {bad_frame} (frame 00001): cannot decode frame (" in report
+    assert report.endswith("none of their frames could be decoded (1):\n  003\n")
+
+    table = pd.DataFrame({"clip_id": ["001", "002", "003"], "actor": ["a1"] * 3, "split": ["train", "val", "test"]})
+    table.to_csv(tmp_path / "clips.csv", index=False)
+    data = load_splits(str(tmp_path / "f.h5"), str(tmp_path / "clips.csv"), ("train", "val", "test"))
+    assert [[c.clip_id for c in data[s]] for s in ("train", "val", "test")] == [["001"], ["002"], []]
+    table.assign(clip_id=["001", "002", "004"]).to_csv(tmp_path / "clips.csv", index=False)
+    with pytest.raises(ValueError, match=r"clips \['004'\] .* are not in the store"):
+        load_splits(str(tmp_path / "f.h5"), str(tmp_path / "clips.csv"), ("train",))
+
+
 COMBINED = ["corrupt_png", "malformed_json", "valence_out_of_range", "video_id_disagrees", "png_16bit",
             "grayscale_png", "rgba_png"]  # fmt: skip
 
@@ -163,6 +227,7 @@ def test_workflow_stops_on_a_corrupt_png_naming_file_and_frame(tmp_path):
 def test_workflow_skips_every_broken_clip_of_a_mixed_data_set(tmp_path):
     root = tmp_path / "AFEW VA données ü"
     cases = make_corpus(root, COMBINED)
+    undecodable = _scramble(root, 2, [2])[0]  # passes the index; left out at extraction
     run_snakemake(tmp_path, "features", overrides={"dataset": {"root": str(root), "on_bad_input": "skip"}})
     report = (tmp_path / "results/index/validation_report.txt").read_text(encoding="utf-8")
     left_out = report.split("left out (")[1].split("\n\n")[0].splitlines()[1:]
@@ -170,7 +235,9 @@ def test_workflow_skips_every_broken_clip_of_a_mixed_data_set(tmp_path):
     assert report.count(f"left out ({len(bad)}):") == 1 and len(left_out) == len(bad)
     for line, case in zip(left_out, bad, strict=True):
         assert line.strip().startswith(case.message), (line, case.message)
-    kept = expected_frames(cases)
+    extraction = (tmp_path / "results/features/extraction_report.txt").read_text(encoding="utf-8")
+    assert f"could not be decoded (1):\n  {undecodable} (frame 00002): cannot decode frame (" in extraction
+    kept = expected_frames(cases) - {("002", 2)}
     by_name = {case.name: case.clip for case in cases}
     with h5py.File(tmp_path / "results/features/features.h5") as f:
         stored = {(k, int(i)) for k in f["clips"] for i in f[f"clips/{k}/frame_index"][()]}

@@ -10,12 +10,14 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipva import __version__
 from clipva.crop import crop_face, load_rgb
 from clipva.encoder import LoadedClip, encode_images
+from clipva.errors import BadInputError
 from clipva.store import ClipFeatures, atomic_h5, write_clip
 
 log = logging.getLogger(__name__)
@@ -40,22 +42,34 @@ def _malloc_trim() -> None:
 
 
 class FrameCrops(Dataset):
-    """Frames of the index table -> (preprocessed face crop, row number). Decoding happens in workers."""
+    """Frames of the index table -> (preprocessed face crop, row number, problem). Decoding happens in workers.
 
-    def __init__(self, frames: pd.DataFrame, preprocess, crop_method: str, margin: float):
+    A frame that cannot be decoded raises BadInputError naming it; with ``skip_bad`` it gives a blank image
+    and the problem instead, and extract_features leaves that frame out of the store."""
+
+    def __init__(self, frames: pd.DataFrame, preprocess, crop_method: str, margin: float, skip_bad: bool = False):
         self.paths = frames["path"].tolist()
         self.boxes = frames[BOX].to_numpy(dtype=np.float64) if crop_method == "landmarks" else None
         self.preprocess = preprocess
         self.margin = margin
+        self.skip_bad = skip_bad
+        self._blank: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            image = load_rgb(self.paths[i])
+        except BadInputError as err:
+            if not self.skip_bad:
+                raise
+            if self._blank is None:
+                self._blank = self.preprocess(Image.new("RGB", (8, 8)))
+            return self._blank, i, str(err).removeprefix(f"{self.paths[i]}: ")
         if self.boxes is not None:
             image = crop_face(image, tuple(self.boxes[i]), self.margin)
-        return self.preprocess(image), i
+        return self.preprocess(image), i, ""
 
 
 def shard_clips(clip_ids: list[str], shards: int, shard: int) -> list[str]:
@@ -72,13 +86,18 @@ def extract_features(
     batch_size: int = 64,
     num_workers: int = 2,
     progress: bool = True,
+    on_bad_input: str = "error",
 ) -> dict:
     """Encode every frame of `frames` (the index table, sorted by clip and frame) into a store at out_path.
 
     Memory stays flat: only the clip being assembled is held. Returns a small summary (frames, seconds).
+    A frame that cannot be decoded stops the extraction, naming the file; with ``on_bad_input='skip'`` it is
+    left out of the store (a clip left without frames is left out whole) and listed in the store's
+    ``skipped`` attribute (read it with store.skipped_frames).
     """
     frames = frames.sort_values(["clip_id", "frame"], kind="stable").reset_index(drop=True)
-    dataset = FrameCrops(frames, clip.preprocess, face_crop["method"], face_crop.get("margin", 0.0))
+    dataset = FrameCrops(frames, clip.preprocess, face_crop["method"], face_crop.get("margin", 0.0),
+                         skip_bad=on_bad_input == "skip")  # fmt: skip
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -98,29 +117,47 @@ def extract_features(
         )  # fmt: skip
         f.create_group("clips")
         pending: list[np.ndarray] = []  # embeddings of rows first.. not yet written
+        bad: dict[int, str] = {}  # row -> why it could not be decoded (skip mode)
+        skipped: list[dict] = []
         next_end, first = 0, 0
         bar = tqdm(total=len(frames), unit="frame", disable=not progress, mininterval=5, smoothing=0.1)
-        for images, rows in loader:
+        for images, rows, problems in loader:
             pending.append(encode_images(clip, images).cpu().numpy())
+            bad.update((int(r), p) for r, p in zip(rows, problems, strict=True) if p)
             bar.update(len(rows))
             while next_end < len(ends) and ends[next_end] <= int(rows[-1]):
                 block = np.concatenate(pending)
                 n = int(ends[next_end]) + 1 - first
+                keep = np.array([first + j not in bad for j in range(n)])
                 part = frames.iloc[first : first + n]
-                write_clip(
-                    f,
-                    ClipFeatures(
-                        part["clip_id"].iloc[0], block[:n], part["frame"].to_numpy(),
-                        part["valence"].to_numpy(), part["arousal"].to_numpy(),
-                    ),  # fmt: skip
-                    actor=str(part["actor"].iloc[0]),
-                )
+                for j in np.flatnonzero(~keep):
+                    row = part.iloc[j]
+                    skipped.append(dict(clip_id=row["clip_id"], frame=int(row["frame"]), path=row["path"],
+                                        problem=bad.pop(first + int(j))))  # fmt: skip
+                    log.warning("skipped %s: %s", row["path"], skipped[-1]["problem"])
+                if keep.any():
+                    kept = part[keep]
+                    write_clip(
+                        f,
+                        ClipFeatures(
+                            kept["clip_id"].iloc[0],
+                            block[:n][keep],
+                            kept["frame"].to_numpy(),
+                            kept["valence"].to_numpy(),
+                            kept["arousal"].to_numpy(),
+                        ),  # fmt: skip
+                        actor=str(part["actor"].iloc[0]),
+                    )
+                else:
+                    log.warning("skipped clip %s: none of its frames could be decoded", part["clip_id"].iloc[0])
                 pending = [block[n:]] if n < len(block) else []
                 first, next_end = first + n, next_end + 1
                 if next_end % TRIM_EVERY == 0:
                     _malloc_trim()
         bar.close()
+        f.attrs["skipped"] = json.dumps(skipped)
     seconds = time.perf_counter() - start
-    summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds}
+    summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds,
+               "skipped": len(skipped)}  # fmt: skip
     log.info("extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s)", summary)
     return summary

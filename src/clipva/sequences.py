@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,6 +13,7 @@ from clipva.splits import read_clips
 from clipva.store import ClipFeatures, FeatureStore
 from clipva.windows import merge_windows, sample_window, window_starts
 
+log = logging.getLogger(__name__)
 VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
 
 
@@ -18,9 +21,14 @@ def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dic
     """The clips of each requested split, read from the feature store."""
     clips = read_clips(clips_csv)
     with FeatureStore(store_path) as store:
-        missing = sorted(set(clips["clip_id"]) - set(store.clip_ids))
-        if missing:
-            raise ValueError(f"{store_path}: clips {missing[:5]} of {clips_csv} are not in the store; re-extract")
+        missing = set(clips["clip_id"]) - set(store.clip_ids)
+        left_out = missing & {s["clip_id"] for s in store.skipped}  # no frame of theirs could be decoded
+        if missing - left_out:
+            raise ValueError(f"{store_path}: clips {sorted(missing - left_out)[:5]} of {clips_csv} are not in the "
+                             "store; re-extract")  # fmt: skip
+        if left_out:
+            log.warning("%d clips left out at extraction (see its report): %s", len(left_out), sorted(left_out))
+        clips = clips[~clips["clip_id"].isin(left_out)]
         return {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
 
 

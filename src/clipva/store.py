@@ -7,7 +7,8 @@ Layout (every array has one row per frame, in frame order)::
     /clips/<clip_id>/valence      float32 (n_frames,)      as annotated (-10..10), NaN where unlabeled
     /clips/<clip_id>/arousal      float32 (n_frames,)      as annotated, NaN where unlabeled
     attrs: actor
-    file attrs: model, pretrained, precision, face_crop (JSON), embed_dim, clipva_version
+    file attrs: model, pretrained, precision, face_crop (JSON), embed_dim, clipva_version,
+                skipped (JSON list of the frames left out because they could not be decoded, on_bad_input: skip)
 
 Stores are written under a temporary name and renamed only when complete (`atomic_h5`), so a reader never
 opens a half-written store.
@@ -24,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from clipva.atomic import atomic_path
+from clipva.atomic import atomic_path, write_text
 
 
 @dataclass
@@ -83,6 +84,11 @@ class FeatureStore:
         return sorted(self._f["clips"].keys()) if "clips" in self._f else []
 
     @property
+    def skipped(self) -> list[dict]:
+        """The frames extraction left out (on_bad_input: skip); see skipped_frames."""
+        return _skipped(self.attrs)
+
+    @property
     def dim(self) -> int:
         return int(self.attrs["embed_dim"])
 
@@ -97,8 +103,11 @@ class FeatureStore:
         return [self.load(c) for c in clip_ids]
 
 
-def merge_stores(shards: list[str | Path], out: str | Path) -> None:
-    """Copy the clips of several shard stores into one store (atomic); attributes must agree."""
+def merge_stores(shards: list[str | Path], out: str | Path) -> list[dict]:
+    """Copy the clips of several shard stores into one store (atomic); attributes must agree. Returns the
+    frames the shards skipped (see skipped_frames), which the merged store lists too."""
+    own = {"shard", "skipped"}  # attributes of one shard, not of the extraction
+    skipped: list[dict] = []
     with atomic_h5(out) as dst:
         for i, shard in enumerate(shards):
             with h5py.File(shard, "r") as src:
@@ -106,10 +115,39 @@ def merge_stores(shards: list[str | Path], out: str | Path) -> None:
                     dst.attrs.update(src.attrs)
                     dst.create_group("clips")
                 else:
-                    ours = {k: dst.attrs[k] for k in dst.attrs if k != "shard"}
-                    theirs = {k: src.attrs[k] for k in src.attrs if k != "shard"}
+                    ours = {k: dst.attrs[k] for k in dst.attrs if k not in own}
+                    theirs = {k: src.attrs[k] for k in src.attrs if k not in own}
                     if json.dumps(ours, default=str, sort_keys=True) != json.dumps(theirs, default=str, sort_keys=True):
                         raise ValueError(f"{shard}: attributes differ from {shards[0]}; re-extract all shards")
+                skipped += _skipped(src.attrs)
                 for clip_id in src.get("clips", {}):
                     src.copy(src[f"clips/{clip_id}"], dst["clips"], name=clip_id)
         dst.attrs.pop("shard", None)
+        dst.attrs["skipped"] = json.dumps(skipped)
+    return skipped
+
+
+def _skipped(attrs) -> list[dict]:
+    value = attrs.get("skipped", "[]")
+    return json.loads(value.decode() if isinstance(value, bytes) else value)
+
+
+def skipped_frames(path: str | Path) -> list[dict]:
+    """The frames an extraction left out (on_bad_input: skip): dicts of clip_id, frame, path, problem."""
+    with h5py.File(path, "r") as f:
+        return _skipped(f.attrs)
+
+
+def write_skip_report(skipped: list[dict], store_path: str | Path, path: str | Path) -> None:
+    """The extraction's report of the frames (and clips) it left out, in the words of the index's report."""
+    with FeatureStore(store_path) as store:
+        whole = sorted({s["clip_id"] for s in skipped} - set(store.clip_ids))
+    lines = [
+        "clipva extraction report",
+        f"frames left out because they could not be decoded ({len(skipped)}):",
+        *(f"  {s['path']} (frame {s['frame']:05d}): {s['problem']}" for s in skipped),
+        "",
+        f"clips left out because none of their frames could be decoded ({len(whole)}):",
+        *(f"  {c}" for c in whole),
+    ]
+    write_text(path, "\n".join(lines) + "\n")

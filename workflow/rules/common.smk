@@ -30,6 +30,7 @@ REPORT = "results/index/validation_report.txt"
 N_SHARDS = config["features"]["shards"]
 SHARD = f"results/features/shards/{{shard}}-of-{N_SHARDS}.h5"
 FEATURES = "results/features/features.h5"
+EXTRACTION_REPORT = "results/features/extraction_report.txt"  # frames extraction could not decode (skip)
 # A run's results live in results/{exp}/: exp is runs/<run> (trained on the configured split) or
 # cv/<run>/fold<k> (trained on fold k of the subject-independent cross-validation).
 EXP = "results/{exp}"

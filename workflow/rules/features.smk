@@ -18,6 +18,7 @@ rule extract_features:
         clip=config["clip"],
         face_crop=config["face_crop"],
         shards=N_SHARDS,
+        on_bad_input=config["dataset"]["on_bad_input"],
         code=code_version("extract", "encoder", "crop", "store"),
     script:
         "../scripts/extract_features.py"
@@ -27,7 +28,8 @@ rule merge_features:
     input:
         expand(SHARD, shard=range(N_SHARDS)),
     output:
-        FEATURES,
+        features=FEATURES,
+        report=EXTRACTION_REPORT,
     log:
         "logs/features/merge.log",
     conda:
@@ -41,3 +43,4 @@ rule merge_features:
 rule features:
     input:
         FEATURES,
+        EXTRACTION_REPORT,

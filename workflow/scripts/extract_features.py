@@ -9,7 +9,8 @@ def main(smk):
     clips = shard_clips(frames["clip_id"].unique().tolist(), smk.params.shards, int(smk.wildcards.shard))
     clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], smk.params.clip["precision"])
     extract_features(frames[frames["clip_id"].isin(clips)], smk.output[0], clip, smk.params.face_crop,
-                     smk.params.clip["pretrained"], num_workers=min(2, smk.threads))  # fmt: skip
+                     smk.params.clip["pretrained"], num_workers=min(2, smk.threads),
+                     on_bad_input=smk.params.on_bad_input)  # fmt: skip
 
 
 run_job(snakemake, main)  # noqa: F821
