@@ -50,10 +50,11 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
 
 
 def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
-                  timeout: int = 600) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run the real workflow of this repository in `workdir` with the tiny test configuration."""
+                  timeout: int = 600, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the real workflow of this repository (or a copy's `snakefile`) in `workdir` with the tiny test
+    configuration."""
     config = write_config(workdir, overrides)
-    cmd = [SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+    cmd = [SNAKEMAKE, *args, "-s", str(snakefile), "-d", str(workdir), "--cores", "2",
            "--configfile", str(config)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -135,13 +135,15 @@ def test_dag_inspection_and_lint(finished):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+LORA = {"run": "lora", "training": {"backbone": "lora"}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 2},
+        "lora": {"num_workers": 0, "merge": True}}  # fmt: skip
+
+
 def test_lora_run_lives_beside_the_frozen_run(finished):
     frozen = (finished / "results/runs/main/eval/metrics.json").read_bytes()
-    lora = {"run": "lora", "training": {"backbone": "lora"}, "pretrain": {"epochs": 1},
-            "finetune": {"epochs": 2}, "lora": {"num_workers": 0, "merge": True}}  # fmt: skip
-    planned = _planned(run_snakemake(finished, "-n", overrides=lora))
+    planned = _planned(run_snakemake(finished, "-n", overrides=LORA))
     assert "extract_features" not in planned and {"pretrain", "finetune", "evaluate"} <= planned
-    run_snakemake(finished, overrides=lora)
+    run_snakemake(finished, overrides=LORA)
     run = finished / "results/runs/lora"
     for stage in ("pretrain", "finetune"):
         assert {p.name for p in (run / stage / "adapter").iterdir()} >= {"adapter_config.json",
@@ -153,6 +155,35 @@ def test_lora_run_lives_beside_the_frozen_run(finished):
     sub = pd.read_csv(finished / "results/submission.csv", dtype={"clip_id": str})
     pred = pd.read_csv(run / "eval/predictions.csv", dtype={"clip_id": str})
     assert len(sub) == len(pred[pred["split"].isin(["test", "unlabeled"])])
+
+
+def test_a_code_edit_reruns_only_the_runs_that_compute_with_it(finished, tmp_path):
+    """Each rule's params hash the clipva modules it computes with: an edit to training code reruns every
+    run; an edit to code that only LoRA runs use (frames, adapters, crops) reruns the LoRA run and leaves
+    the frozen run up to date."""
+    run_snakemake(finished, overrides=LORA)  # made by the test above; a no-op then
+    copy = tmp_path / "workflow-copy"
+    for part in ("workflow", "src", "profiles"):
+        shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for part in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / part, copy / part)
+
+    def planned(overrides: dict | None = None) -> set[str]:
+        return _planned(run_snakemake(finished, "-n", overrides=overrides, snakefile=copy / "Snakefile"))
+
+    def edit(module: str) -> None:
+        with open(copy / f"src/clipva/{module}.py", "a", encoding="utf-8") as f:
+            f.write("\n# an edit\n")
+
+    training = {"pretrain", "finetune", "evaluate"}
+    frozen, lora = planned(), planned(LORA)  # the last run made the submission of the LoRA run
+    assert not (frozen | lora) & training
+    edit("frames")
+    edit("lora")
+    assert planned() == frozen
+    assert planned(LORA) >= lora | training | {"plots"}
+    edit("training")
+    assert planned() >= training | {"text_embeddings", "plots", "submission"}
 
 
 def test_report_holds_the_metrics_and_the_plots(finished):

@@ -137,6 +137,22 @@ def backbone_params(wildcards):
     }
 
 
+# The modules a LoRA run computes with beyond a frozen one's (the image tower, its frames and crops): only
+# LoRA runs depend on them, so editing them leaves frozen runs up to date.
+LORA_CODE = ("lora", "frames", "crop", "encoder")
+
+
+def run_code(*modules):
+    """params.code of a training or evaluation rule: code_version of `modules`, plus LORA_CODE for LoRA runs."""
+
+    def code(wildcards):
+        return code_version(
+            *modules, *(LORA_CODE if is_lora(exp_run(wildcards)) else ())
+        )
+
+    return code
+
+
 def lora_inputs(stage):
     """Frames (and the previous stage's adapters) that a LoRA stage reads; nothing for a frozen run."""
 

@@ -26,17 +26,7 @@ rule evaluate:
         runtime=30,
     params:
         backbone=backbone_params,
-        code=code_version(
-            "evaluation",
-            "metrics",
-            "sequences",
-            "checkpoints",
-            "lora",
-            "backbones",
-            "frames",
-            "crop",
-            "encoder",
-        ),
+        code=run_code("evaluation", "metrics", "sequences", "checkpoints", "backbones"),
     script:
         "../scripts/evaluate.py"
 

@@ -1,18 +1,7 @@
 # Training of one experiment (results/{exp}: a run on the configured split, or a cross-validation fold).
 PRETRAINED = f"{EXP}/pretrain/head.pt"
 FINETUNED = f"{EXP}/finetune/best.pt"
-TRAIN_CODE = [
-    "training",
-    "head",
-    "losses",
-    "sequences",
-    "checkpoints",
-    "lora",
-    "backbones",
-    "frames",
-    "crop",
-    "encoder",
-]
+TRAIN_CODE = ["training", "head", "losses", "sequences", "checkpoints", "backbones"]
 
 
 rule text_embeddings:
@@ -58,7 +47,7 @@ rule pretrain:
         pretrain=exp_section("pretrain"),
         backbone=backbone_params,
         state=lambda wildcards: f"results/{wildcards.exp}/.state/pretrain.pt",
-        code=code_version(*TRAIN_CODE),
+        code=run_code(*TRAIN_CODE),
     script:
         "../scripts/pretrain.py"
 
@@ -88,6 +77,6 @@ rule finetune:
         finetune=exp_section("finetune"),
         backbone=backbone_params,
         state=lambda wildcards: f"results/{wildcards.exp}/.state/finetune.pt",
-        code=code_version(*TRAIN_CODE, "metrics"),
+        code=run_code(*TRAIN_CODE, "metrics"),
     script:
         "../scripts/finetune.py"
