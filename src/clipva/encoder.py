@@ -28,13 +28,13 @@ def register_model_configs() -> None:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """True where the CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path(cpuinfo).read_text().split())
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_device(device: str = "auto") -> torch.device:
