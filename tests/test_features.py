@@ -11,7 +11,7 @@ from clipva.afew import index_dataset
 from clipva.crop import crop_face, square_box
 from clipva.encoder import check_pretrained, cpu_has_fast_bf16, load_clip, resolve_precision
 from clipva.errors import ConfigError
-from clipva.extract import extract_features, shard_clips
+from clipva.extract import decode_workers, extract_features, shard_clips
 from clipva.store import FeatureStore, merge_stores
 
 CROP = {"method": "landmarks", "margin": 0.2}
@@ -82,6 +82,13 @@ def test_precision_resolution(monkeypatch, tmp_path):
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ConfigError, match="fp16 is not supported on CPU"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_decode_workers_follow_the_threads_and_the_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [decode_workers("auto", t, cpu) for t in (1, 2, 4, 8, 16)] == [2, 2, 2, 2, 4]
+    assert [decode_workers("auto", t, cuda) for t in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert decode_workers(0, 16, cuda) == 0 and decode_workers(5, 2, cpu) == 5
 
 
 def test_shards_are_disjoint_and_complete():

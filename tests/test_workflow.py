@@ -67,6 +67,7 @@ CONFIG = "resolved_config"  # results/config.yaml, the configuration in the repo
          {"text_embeddings", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
         ({"split": {"seed": 3}}, {"split", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
         ({"evaluate": {"n_timeseries_clips": 1}}, {"plots", "submission", "all"}),
+        ({"features": {"workers": 3}}, {"all"}),  # how many decode, not what: nothing reruns
         ({"face_crop": {"margin": 0.3}},
          {"extract_features", "merge_features", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
         ({"clip": {"model": "clipva-tiny", "precision": "bf16"}},

@@ -72,6 +72,22 @@ class FrameCrops(Dataset):
         return self.preprocess(image), i, ""
 
 
+def decode_workers(setting: int | str, threads: int, device: torch.device) -> int:
+    """DataLoader workers for extraction: `setting`, or for ``auto`` what the job's `threads` allow.
+
+    On a GPU the encoder leaves the CPU free: every thread but the main one decodes (ViT-B/32 on one GPU
+    encodes thousands of frames/s; one worker decodes, crops and preprocesses a 720x576 PNG in ~15-25 ms on
+    a 2-core AVX2 CPU). On CPU the encoder is ~90% of the
+    time per frame (py-spy, ViT-B-32): a quarter of the threads decode, at least 2 (2 workers beside 2 torch
+    threads on 2 cores gave 0.93 of encoder-only throughput, benchmarks/extraction.py).
+    """
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cuda":
+        return max(1, threads - 1)
+    return max(2, threads // 4)
+
+
 def shard_clips(clip_ids: list[str], shards: int, shard: int) -> list[str]:
     """The clips of one shard: round-robin over the sorted clip ids, so shards are balanced and disjoint."""
     return sorted(clip_ids)[shard::shards]
@@ -158,6 +174,7 @@ def extract_features(
         f.attrs["skipped"] = json.dumps(skipped)
     seconds = time.perf_counter() - start
     summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds,
-               "skipped": len(skipped)}  # fmt: skip
-    log.info("extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s)", summary)
+               "skipped": len(skipped), "workers": num_workers}  # fmt: skip
+    log.info("extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s, "
+             "%(workers)d decoding workers)", summary)  # fmt: skip
     return summary
