@@ -20,14 +20,17 @@ N_ACTORS = 60
 CROP = {"method": "landmarks", "margin": 0.2}
 
 
-def demo_dataset(root: str | Path, n_clips: int, seed: int = 0) -> Path:
+def demo_dataset(root: str | Path, n_clips: int, seed: int = 0, frame_size: tuple[int, int] | None = None) -> Path:
     """A synthetic AFEW-VA of `n_clips` clips of 40..60 frames under `root` (made once: a marker file records
-    the arguments, so a cache folder given with --data is reused by later runs)."""
+    the arguments, so a cache folder given with --data is reused by later runs). Frames are the demo's
+    160x128 and 192x144 unless `frame_size` (width, height) is given."""
     from clipva.demo import make_demo
 
     root = Path(root)
     args = {"n_clips": n_clips, "n_actors": min(N_ACTORS, n_clips), "min_frames": MIN_FRAMES,
             "max_frames": MAX_FRAMES, "seed": seed}  # fmt: skip
+    if frame_size:
+        args["frame_sizes"] = [list(frame_size)]
     marker = root / "clipva-benchmark.json"
     if marker.is_file() and json.loads(marker.read_text()).get("args") == args:
         return root

@@ -15,6 +15,8 @@ The data is a synthetic AFEW-VA (clipva.demo) of --clips clips of 40..60 frames.
 
     .venv/bin/python benchmarks/extraction.py                          # ViT-B-32, 8 clips (~400 frames)
     .venv/bin/python benchmarks/extraction.py --model clipva-tiny --clips 60
+    .venv/bin/python benchmarks/extraction.py --frame-size 720x576     # frames the size of AFEW-VA's largest
+    .venv/bin/python benchmarks/extraction.py --clips 600 --frame-size 720x576 --batch-size 256 --no-naive  # GPU
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from common import CROP, demo_dataset, indexed, load_average, machine
 
 from clipva.crop import crop_face, load_rgb
 from clipva.encoder import encode_images, load_clip
-from clipva.extract import extract_features
+from clipva.extract import decode_workers, extract_features
 from clipva.store import ClipFeatures, atomic_h5, write_clip
 
 
@@ -77,23 +79,29 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="auto",
+                        help="decoding workers (default auto: as the workflow picks them for this many threads)")
+    parser.add_argument("--frame-size", type=lambda s: tuple(int(v) for v in s.split("x")), metavar="WxH",
+                        help="frame size of the generated data (default: the demo's 160x128 and 192x144; "
+                             "AFEW-VA's movie frames are up to 720x576)")  # fmt: skip
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--data", help="folder to generate the data set in, or reuse (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = demo_dataset(args.data or Path(tmp) / "afew-va", args.clips)
+        root = demo_dataset(args.data or Path(tmp) / "afew-va", args.clips, frame_size=args.frame_size)
         frames = indexed(root)
         clip = load_clip(args.model, None, args.precision)
+        workers = decode_workers(args.workers, torch.get_num_threads(), clip.device)
         encode_images(clip, torch.randn(args.batch_size, 3, clip.image_size, clip.image_size))  # warm-up
         n_encoder = min(len(frames), 3 * args.batch_size)
         print(f"model {args.model} (random init), precision {clip.precision}, device {clip.device}; "
               f"{frames['clip_id'].nunique()} clips, {len(frames)} frames; batch {args.batch_size}, "
-              f"workers {args.workers}", flush=True)  # fmt: skip
+              f"workers {workers}; frames {sorted(set(zip(frames['width'], frames['height'], strict=True)))}",
+              flush=True)  # fmt: skip
         print(f"machine: {machine()}; {load_average()}", flush=True)
         before = encoder_only(clip, n_encoder, args.batch_size)
         e2e_path = str(Path(tmp) / "end_to_end.h5")
-        summary = extract_features(frames, e2e_path, clip, CROP, None, args.batch_size, args.workers, progress=False)
+        summary = extract_features(frames, e2e_path, clip, CROP, None, args.batch_size, workers, progress=False)
         after = encoder_only(clip, n_encoder, args.batch_size)
         naive = diff = None
         if not args.no_naive:
