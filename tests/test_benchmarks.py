@@ -1,0 +1,70 @@
+"""The benchmarks run and print their figures (at toy sizes; nothing here is timed or compared with a target).
+
+A benchmark that crashes, or prints a ratio that is not a number, is noticed here rather than by the next
+person who measures the hardware."""
+
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run(script: str, *args: str, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def figure(out: str, label: str) -> float:
+    """The number after `label` and a colon on the first line that starts with `label`."""
+    match = re.search(rf"^{re.escape(label)}\s*:\s*(-?[0-9.]+)", out, re.MULTILINE)
+    assert match, f"no {label!r} line in:\n{out}"
+    value = float(match.group(1))
+    assert math.isfinite(value) and value > 0, f"{label}: {value}"
+    return value
+
+
+def test_gemm_prints_the_bf16_ceiling():
+    out = run("gemm.py", "--batch-size", "4", "--rounds", "1", "--seconds", "0.05")
+    assert re.search(r"^ratio bf16 / fp32, 1 thread\(s\): [0-9.]+$", out, re.MULTILINE), out
+    assert "machine:" in out
+
+
+def test_extraction_rounds_and_ratios(tmp_path):
+    out = run("extraction.py", "--model", "clipva-tiny", "--clips", "2", "--repeat", "2", "--batch-size", "16",
+              "--precision", "bf16", "--data", str(tmp_path / "afew-va"))  # fmt: skip
+    assert len(re.findall(r"^round \d+: ", out, re.MULTILINE)) == 2, out
+    end_to_end, encoder = figure(out, "end to end"), figure(out, "encoder only")
+    naive, ceiling = figure(out, "naive loop"), figure(out, "ceiling")
+    assert figure(out, "encoder fp32") > 0  # bf16 run: the fp32 encoder is timed too
+    ratios = [float(v) for v in re.findall(r"^ratio\s*:\s*([0-9.]+)", out, re.MULTILINE)]
+    assert len(ratios) == 2, out
+    # medians of per-round ratios, close to the ratios of the medians (exact with one round)
+    assert ratios[0] == pytest.approx(end_to_end / encoder, rel=0.5)
+    assert ratios[1] == pytest.approx(end_to_end / naive, rel=0.5)
+    assert ceiling == pytest.approx(encoder / naive, rel=0.5)
+    # bf16 against the naive loop's fp32: the stores differ, but only by rounding
+    diff = float(re.search(r"max \|feature difference\| vs end to end ([0-9.e+-]+)", out).group(1))
+    assert diff < 0.5
+
+
+def test_extraction_cached_data_is_reused(tmp_path):
+    args = ("--model", "clipva-tiny", "--clips", "1", "--repeat", "1", "--no-naive", "--data", str(tmp_path / "d"))
+    first = run("extraction.py", *args)
+    assert "[data] generated 1 clips" in first
+    second = run("extraction.py", *args)
+    assert "[data] generated" not in second
+    assert "naive loop" not in second and "ceiling" not in second
+    figure(second, "end to end")
+
+
+def test_finetune_epoch_runs():
+    out = run("finetune_epoch.py", "--clips", "10", "--epochs", "1", "--no-lora")
+    assert figure(out, "cached epoch") > 0
+    assert 0 < figure(out, "data loading") < 100
