@@ -22,6 +22,7 @@ The data is a synthetic AFEW-VA (clipva.demo) of --clips clips of 40..60 frames.
     .venv/bin/python benchmarks/extraction.py                          # ViT-B-32, 8 clips (~400 frames)
     .venv/bin/python benchmarks/extraction.py --model clipva-tiny --clips 60
     .venv/bin/python benchmarks/extraction.py --frame-size 720x576     # frames the size of AFEW-VA's largest
+    .venv/bin/python benchmarks/extraction.py --profile --repeat 1     # + torch.profiler's top encoder ops
     .venv/bin/python benchmarks/extraction.py --clips 600 --frame-size 720x576 --batch-size 256 --no-naive  # GPU
 """
 
@@ -53,10 +54,12 @@ def encoder_only(clip, n_frames: int, batch_size: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def naive_loop(frames, clip, face_crop: dict, out_path: str) -> float:
+def naive_loop(frames, clip, face_crop: dict, out_path: str) -> tuple[float, dict]:
     """Frames/s of the obvious loop: per clip, decode, crop and preprocess each frame in turn (main process),
-    encode the clip as one batch, write it."""
+    encode the clip as one batch, write it. Also the seconds per frame of each stage (one core for the
+    first three: what a decoding worker spends on a frame)."""
     margin = face_crop.get("margin", 0.0)
+    stages = dict.fromkeys(("decode", "crop", "preprocess", "encode"), 0.0)
     start = time.perf_counter()
     with atomic_h5(out_path) as f:
         f.create_group("clips")
@@ -64,11 +67,34 @@ def naive_loop(frames, clip, face_crop: dict, out_path: str) -> float:
             images = []
             for row in part.itertuples():
                 box = (row.box_x0, row.box_y0, row.box_x1, row.box_y1) if face_crop["method"] == "landmarks" else None
-                images.append(clip.preprocess(crop_face(load_rgb(row.path), box, margin)))
+                t0 = time.perf_counter()
+                image = load_rgb(row.path)
+                t1 = time.perf_counter()
+                image = crop_face(image, box, margin)
+                t2 = time.perf_counter()
+                images.append(clip.preprocess(image))
+                t3 = time.perf_counter()
+                stages["decode"] += t1 - t0
+                stages["crop"] += t2 - t1
+                stages["preprocess"] += t3 - t2
+            t3 = time.perf_counter()
             features = encode_images(clip, torch.stack(images)).numpy()
+            stages["encode"] += time.perf_counter() - t3
             write_clip(f, ClipFeatures(clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(),
                                        part["arousal"].to_numpy()), actor=str(part["actor"].iloc[0]))  # fmt: skip
-    return len(frames) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return len(frames) / seconds, {k: v / len(frames) for k, v in stages.items()}
+
+
+def profile_encoder(clip, batch_size: int) -> None:
+    """torch.profiler's top operators of the encoder on two batches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    images = torch.randn(batch_size, 3, clip.image_size, clip.image_size)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            encode_images(clip, images)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
 
 
 def max_difference(a: str, b: str) -> float:
@@ -92,8 +118,13 @@ def main() -> None:
                              "AFEW-VA's movie frames are up to 720x576)")  # fmt: skip
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of measurements (default 3; medians)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of the encoder")
     parser.add_argument("--data", help="folder to generate the data set in, or reuse (default: a temporary one)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, here the cores; more than "
+                        "the cores shows what an oversubscribed job would get)")  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = demo_dataset(args.data or Path(tmp) / "afew-va", args.clips, frame_size=args.frame_size)
         frames = indexed(root)
@@ -111,6 +142,8 @@ def main() -> None:
               f"workers {workers}; frames {sorted(set(zip(frames['width'], frames['height'], strict=True)))}",
               flush=True)  # fmt: skip
         print(f"machine: {machine()}; {load_average()}", flush=True)
+        if args.profile:
+            profile_encoder(clip, args.batch_size)
         rounds = []
         for k in range(args.repeat):
             r = {"before": encoder_only(clip, n_encoder, args.batch_size)}
@@ -123,11 +156,11 @@ def main() -> None:
                 r["encoder_fp32"] = encoder_only(fp32, n_encoder, args.batch_size)
             if not args.no_naive:
                 naive_path = str(Path(tmp) / "naive.h5")
-                r["naive"] = naive_loop(frames, fp32, CROP, naive_path)
+                r["naive"], r["stages"] = naive_loop(frames, fp32, CROP, naive_path)
                 r["diff"] = max_difference(e2e_path, naive_path)
             rounds.append(r)
-            print(f"round {k + 1}: " + ", ".join(f"{key} {v:.1f}" for key, v in r.items() if key != "diff"),
-                  flush=True)  # fmt: skip
+            shown = ", ".join(f"{key} {v:.1f}" for key, v in r.items() if key not in ("diff", "stages"))
+            print(f"round {k + 1}: {shown}", flush=True)
     report(rounds, clip.precision)
 
 
@@ -146,6 +179,9 @@ def report(rounds: list[dict], precision: str) -> None:
     if "naive" in rounds[0]:
         print(f"naive loop   : {med(lambda r: r['naive']):9.1f} frames/s  (fp32, one clip per batch, no workers; "
               f"max |feature difference| vs end to end {max(r['diff'] for r in rounds):.1e})")  # fmt: skip
+        stages = {k: med(lambda r, k=k: r["stages"][k]) * 1e3 for k in rounds[0]["stages"]}
+        print("naive stages : " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + " ms/frame (fp32; "
+              "decode, crop and preprocess on one core are what a decoding worker spends on a frame)")  # fmt: skip
     print(f"ratio        : {med(lambda r: r['end_to_end'] / r['encoder']):9.2f}  (end to end / encoder only; "
           "target >= 0.70)")  # fmt: skip
     if "naive" in rounds[0]:
