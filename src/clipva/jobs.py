@@ -47,7 +47,8 @@ def job_threads(declared: int) -> int:
 
     Snakemake gives a job up to --cores threads, and --cores may exceed the machine (--cores 4 on 2 cores).
     torch's fp32 matrix multiplies (MKL) with more threads than cores collapse: ViT-B-32 encoded 1.0
-    frame/s with 4 threads on 2 cores against 18.4 with 2 (bf16 through oneDNN was not slowed)."""
+    frame/s with 4 threads on 2 cores against 19.7 with 2 (bf16 through oneDNN was not slowed;
+    benchmarks/extraction.py --threads)."""
     return max(1, min(int(declared), available_cpus()))
 
 
