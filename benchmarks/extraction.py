@@ -77,9 +77,9 @@ def naive_loop(frames, clip, face_crop: dict, out_path: str) -> tuple[float, dic
                 stages["decode"] += t1 - t0
                 stages["crop"] += t2 - t1
                 stages["preprocess"] += t3 - t2
-            t3 = time.perf_counter()
+            t4 = time.perf_counter()
             features = encode_images(clip, torch.stack(images)).numpy()
-            stages["encode"] += time.perf_counter() - t3
+            stages["encode"] += time.perf_counter() - t4
             write_clip(f, ClipFeatures(clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(),
                                        part["arousal"].to_numpy()), actor=str(part["actor"].iloc[0]))  # fmt: skip
     seconds = time.perf_counter() - start
@@ -130,12 +130,10 @@ def main() -> None:
         frames = indexed(root)
         clip = load_clip(args.model, None, args.precision)
         workers = decode_workers(args.workers, torch.get_num_threads(), clip.device)
-        fp32 = None
-        if not args.no_naive or clip.precision != "fp32":
-            fp32 = clip if clip.precision == "fp32" else load_clip(args.model, None, "fp32")
-        for model in {id(clip): clip, id(fp32): fp32}.values():  # warm-up: the one-off oneDNN set-up
-            if model is not None:
-                encode_images(model, torch.randn(args.batch_size, 3, model.image_size, model.image_size))
+        # the naive loop's model, and the fp32 reference of a bf16 encoder
+        fp32 = clip if clip.precision == "fp32" else load_clip(args.model, None, "fp32")
+        for model in (clip,) if fp32 is clip else (clip, fp32):  # warm-up: the one-off oneDNN set-up
+            encode_images(model, torch.randn(args.batch_size, 3, model.image_size, model.image_size))
         n_encoder = min(len(frames), 3 * args.batch_size)
         print(f"model {args.model} (random init), precision {clip.precision}, device {clip.device}; "
               f"{frames['clip_id'].nunique()} clips, {len(frames)} frames; batch {args.batch_size}, "
@@ -152,7 +150,7 @@ def main() -> None:
             r["end_to_end"], r["seconds"] = summary["frames_per_s"], summary["seconds"]
             r["after"] = encoder_only(clip, n_encoder, args.batch_size)
             r["encoder"] = (r["before"] + r["after"]) / 2
-            if fp32 is not clip and fp32 is not None:
+            if fp32 is not clip:
                 r["encoder_fp32"] = encoder_only(fp32, n_encoder, args.batch_size)
             if not args.no_naive:
                 naive_path = str(Path(tmp) / "naive.h5")
