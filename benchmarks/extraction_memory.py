@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import AFEW_VA_CLIPS, demo_dataset, first_clips, indexed, load_average, machine
+from common import AFEW_VA_CLIPS, as_the_workflow_runs, demo_dataset, first_clips, indexed, load_average, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,6 +62,7 @@ def measure(frames, n_clips: int, tmp: Path, args) -> dict:
 
 
 def main() -> None:
+    as_the_workflow_runs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="clipva-tiny")
     parser.add_argument("--clips", type=int, nargs=2, default=[60, AFEW_VA_CLIPS], metavar=("SMALL", "LARGE"))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import CROP, MAX_FRAMES, MIN_FRAMES, load_average, machine, median
+from common import CROP, MAX_FRAMES, MIN_FRAMES, as_the_workflow_runs, load_average, machine, median
 
 from clipva.backbones import CachedFeatures
 from clipva.head import HeadConfig, TemporalHead
@@ -165,6 +165,7 @@ def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_wind
 
 
 def main() -> None:
+    as_the_workflow_runs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=600, help="training clips (validation: a fifth as many)")
     parser.add_argument("--dim", type=int, default=512)

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import torch
-from common import load_average, machine, median
+from common import as_the_workflow_runs, load_average, machine, median
 
 from clipva.encoder import cpu_has_fast_bf16
 
@@ -33,6 +33,7 @@ def gflops(dtype: torch.dtype, threads: int, tokens: int, seconds: float) -> flo
 
 
 def main() -> None:
+    as_the_workflow_runs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (50 tokens each)")
     parser.add_argument("--rounds", type=int, default=5)

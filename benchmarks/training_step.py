@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import as_the_workflow_runs
 
 from clipva.afew import index_dataset
 from clipva.backbones import AdaptedFrames, CachedFeatures
@@ -52,6 +53,7 @@ def seconds_per_step(backbone, head, clips, batches, steps: int) -> float:
 
 
 def main() -> None:
+    as_the_workflow_runs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="clipva-tiny")
     parser.add_argument("--batch", type=int, default=4, help="windows per step")

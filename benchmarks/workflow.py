@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import AFEW_VA_CLIPS, demo_dataset, load_average, machine, median
+from common import AFEW_VA_CLIPS, as_the_workflow_runs, demo_dataset, load_average, machine, median
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
@@ -81,6 +81,7 @@ def dry_run(wd: Path, cfg: Path, repeat: int) -> tuple[float, int]:
 
 
 def main() -> None:
+    as_the_workflow_runs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, nargs=2, default=[60, AFEW_VA_CLIPS], metavar=("SMALL", "LARGE"))
     parser.add_argument("--build-clips", type=int, default=60, help="clips of the data set built for the no-op run")

@@ -2,6 +2,8 @@
 
 import io
 import re
+import struct
+import zlib
 
 import h5py
 import numpy as np
@@ -21,6 +23,7 @@ from corpus import (
 )
 from PIL import Image
 
+import clipva.crop
 from clipva.afew import index_dataset, write_report
 from clipva.crop import load_rgb
 from clipva.encoder import load_clip
@@ -112,6 +115,79 @@ def test_load_rgb_reads_every_mode_as_8_bit_rgb(tmp_path):
         assert np.abs(np.asarray(loaded, dtype=int) - expected).max() <= 1, image.mode
     with Image.open(tmp_path / "5.png") as img:  # what load_rgb replaces: PIL's convert clips 16 bit to white
         assert (np.asarray(img.convert("RGB")) == 255).mean() > 0.9
+
+
+def _png(pixels: np.ndarray, colour_type: int, interlaced: bool = False) -> bytes:
+    """A PNG written by hand, for what PIL cannot write: 16-bit RGB (colour type 2) and Adam7 interlacing."""
+    h, w = pixels.shape[:2]
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    data = pixels.astype(">u2" if depth == 16 else np.uint8)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b"".join(b"\x00" + row.tobytes()  # filter type 0 on every row
+                   for x0, y0, dx, dy in (passes if interlaced else [(0, 0, 1, 1)])
+                   for row in data[y0::dy, x0::dx] if row.size)  # fmt: skip
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, int(interlaced))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_libspng_decodes_every_png_as_pil_does(tmp_path, monkeypatch):
+    """load_rgb decodes PNG frames with libspng: the pixels must be those of the PIL path, in every mode."""
+    rgb, grey = frame_rgb(3), frame_grey(3)
+    alpha = (np.arange(rgb.size // 3).reshape(grey.shape) % 256).astype(np.uint8)
+    rgb16 = np.random.default_rng(0).integers(0, 65536, rgb.shape).astype(np.uint16)
+
+    def saved(image, **options):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **options)
+        return buf.getvalue()
+
+    cases = {
+        "1": saved(Image.fromarray(grey).convert("1")),
+        "L": saved(Image.fromarray(grey)),
+        "L, transparency": saved(Image.fromarray(grey), transparency=7),
+        "LA": saved(Image.fromarray(np.dstack([grey, alpha]))),
+        "P": saved(Image.fromarray(rgb).quantize(200)),
+        "P, transparency": saved(Image.fromarray(rgb).quantize(200), transparency=3),
+        "RGB": saved(Image.fromarray(rgb)),
+        "RGBA": saved(Image.fromarray(np.dstack([rgb, alpha]))),
+        "I;16": saved(Image.fromarray(rgb16[..., 0])),
+        "RGB, 16 bit": _png(rgb16, 2),
+        "RGB, interlaced": _png(rgb, 2, interlaced=True),
+        "L, 16 bit, interlaced": _png(rgb16[..., 1], 0, interlaced=True),
+    }
+    calls, real_load = [], clipva.crop.pyspng.load
+
+    def counted(data, format):
+        calls.append(format)
+        return real_load(data, format)
+
+    monkeypatch.setattr(clipva.crop.pyspng, "load", counted)
+    for k, (mode, data) in enumerate(cases.items()):
+        path = tmp_path / f"{k}.png"
+        path.write_bytes(data)
+        calls.clear()
+        fast = load_rgb(path)
+        assert calls == ["RGB"], mode  # libspng decoded it
+        slow = clipva.crop._load_rgb_pil(path, path)
+        assert fast.mode == slow.mode == "RGB" and fast.size == slow.size == (rgb.shape[1], rgb.shape[0]), mode
+        assert np.array_equal(np.asarray(fast), np.asarray(slow)), mode
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "9.png")), (rgb16 >> 8).astype(np.uint8))  # the high byte
+
+
+def test_what_libspng_refuses_goes_to_pil(tmp_path, monkeypatch):
+    def refuse(data, format):
+        raise RuntimeError("pyspng: could not decode image: refused by the test")
+
+    monkeypatch.setattr(clipva.crop.pyspng, "load", refuse)
+    Image.fromarray(frame_rgb(1)).save(tmp_path / "ok.png")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "ok.png")), frame_rgb(1))
+    (tmp_path / "bad.png").write_bytes((tmp_path / "ok.png").read_bytes()[:100])
+    with pytest.raises(BadInputError, match=r"bad\.png: cannot decode frame \(OSError"):  # PIL's error, the file's name
+        load_rgb(tmp_path / "bad.png")
 
 
 def test_load_rgb_names_the_file_it_cannot_decode(tmp_path):
