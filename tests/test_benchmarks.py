@@ -62,7 +62,7 @@ def test_extraction_rounds_and_ratios(tmp_path):
     # bf16 against the naive loop's fp32: the stores differ, but only by rounding
     diff = float(re.search(r"max \|feature difference\| vs end to end ([0-9.e+-]+)", out).group(1))
     assert diff < 0.5
-    decoding = r"^decoding\s*: PIL ([0-9.]+), clipva \(libspng\) ([0-9.]+) ms/frame  \(PIL / libspng = ([0-9.]+)\)"
+    decoding = r"^decoding\s*: PIL ([0-9.]+), clipva \(libspng\) ([0-9.]+) ms/frame  \(PIL / libspng = ([0-9.]+);"
     pil, spng, ratio = map(float, re.search(decoding, out, re.MULTILINE).groups())
     assert pil > 0 and spng > 0 and ratio == pytest.approx(pil / spng, rel=0.5)
 

@@ -18,14 +18,13 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode one frame into an 8-bit RGB image; raises BadInputError naming `path` if it cannot be decoded.
 
-    PNG frames are decoded by libspng (pyspng), 2.6x faster than PIL on a 720x576 frame
+    PNG frames are decoded by libspng (pyspng), 1.8x faster than PIL on a 720x576 frame
     (benchmarks/extraction.py prints both), with the same pixels: grey (1, L), palette (P) and colour
     frames become RGB, an alpha channel (LA, RGBA, a palette or grey transparency) is dropped, not
     composited (video frames are opaque, and the colour under the alpha is kept as stored), and 16-bit
     samples keep their high byte (v >> 8), which gives back exactly an 8-bit frame saved as v * 257 or
-    v * 256. What libspng refuses (another format, a broken or truncated file, a bad checksum) goes to PIL,
-    which applies the same rules, decodes what it can and raises for the rest; so does a frame that is
-    not a PNG.
+    v * 256. A frame that is not a PNG, or that libspng refuses (a broken or truncated file), goes to PIL,
+    which applies the same rules, decodes what it can and raises for the rest.
     """
     try:
         data = Path(path).read_bytes()
