@@ -2,9 +2,12 @@
 
 One fine-tuning step (forward, loss, backward, optimizer) of the temporal head on a batch of windows,
 once with the frames' cached CLIP features and once with the frames decoded and run through the image
-tower with LoRA adapters. Both are measured in this one run; compare the ratio.
+tower with LoRA adapters (config.yaml's lora settings). Both are measured in this one run; compare the
+ratio. Everything runs on the device that load_clip picks (CUDA where there is one, in half precision
+there), and on CUDA the peak GPU memory of each path is printed too.
 
     .venv/bin/python benchmarks/training_step.py --model ViT-B-32 --batch 4 --window 8
+    .venv/bin/python benchmarks/training_step.py --model ViT-B-32 --batch 8 --window 8 --steps 10  # 64 frames, GPU
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import as_the_workflow_runs
+import yaml
+from common import as_the_workflow_runs, machine
 
 from clipva.afew import index_dataset
 from clipva.backbones import AdaptedFrames, CachedFeatures
@@ -29,27 +33,32 @@ from clipva.losses import regression_loss
 from clipva.store import FeatureStore
 
 CROP = {"method": "landmarks", "margin": 0.2}
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["attn", "c_fc", "c_proj"], "lr": 5e-4,
-        "num_workers": 2, "grad_checkpointing": False, "max_frames_per_step": 1024, "seed": 0,
-        "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2}}  # fmt: skip
+REPO = Path(__file__).resolve().parent.parent
 
 
-def seconds_per_step(backbone, head, clips, batches, steps: int) -> float:
+def seconds_per_step(backbone, head, clips, batches, steps: int, device: torch.device) -> tuple[float, int | None]:
+    """Median seconds per step after a warm-up step, and on CUDA the peak memory allocated (bytes)."""
+    cuda = device.type == "cuda"
     params = list(head.parameters()) + backbone.trainable()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     backbone.train(True)
     head.train()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     times = []
-    for k, batch in enumerate(backbone.epoch_batches(clips, batches[: steps + 1], 0, torch.device("cpu"))):
+    for k, batch in enumerate(backbone.epoch_batches(clips, batches[: steps + 1], 0, device)):
         start = time.perf_counter()
         pred, _ = head(batch["x"], batch["mask"])
         loss = regression_loss(pred, batch["y"], batch["mask"] & torch.isfinite(batch["y"]).all(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         if k:  # the first step warms up
             times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times)), torch.cuda.max_memory_allocated() if cuda else None
 
 
 def main() -> None:
@@ -71,16 +80,24 @@ def main() -> None:
         rng = np.random.default_rng(0)
         batches = [[(int(i), 0, args.window) for i in rng.integers(len(clips), size=args.batch)]
                    for _ in range(args.steps + 1)]  # fmt: skip
-        head = TemporalHead(HeadConfig(in_dim=clip.embed_dim))
-        cached = seconds_per_step(CachedFeatures(), head, clips, batches, args.steps)
-        lora = AdaptedFrames(clip, add_adapters(clip, LORA), frames, CROP, LORA)
-        adapted = seconds_per_step(lora, head, clips, batches, args.steps)
+        lora_cfg = yaml.safe_load((REPO / "config.yaml").read_text())["lora"]
+        head = TemporalHead(HeadConfig(in_dim=clip.embed_dim)).to(clip.device)
+        cached, cached_mem = seconds_per_step(CachedFeatures(), head, clips, batches, args.steps, clip.device)
+        lora = AdaptedFrames(clip, add_adapters(clip, lora_cfg).to(clip.device), frames, CROP, lora_cfg)
+        adapted, lora_mem = seconds_per_step(lora, head, clips, batches, args.steps, clip.device)
     frames_per_step = args.batch * args.window
-    print(f"model {args.model}, precision {clip.precision}, {args.batch} windows x {args.window} frames per step, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"cached features : {cached:8.4f} s/step")
-    print(f"LoRA end to end : {adapted:8.4f} s/step  ({frames_per_step / adapted:.1f} frames/s)")
+    print(f"model {args.model}, precision {clip.precision}, device {clip.device}, {args.batch} windows x "
+          f"{args.window} frames per step, torch threads {torch.get_num_threads()}, LoRA workers "
+          f"{lora_cfg['num_workers']}")  # fmt: skip
+    print(f"machine: {machine()}")
+    print(f"cached features : {cached:8.4f} s/step  ({1 / cached:.1f} steps/s)" + _memory(cached_mem))
+    print(f"LoRA end to end : {adapted:8.4f} s/step  ({1 / adapted:.2f} steps/s, {frames_per_step / adapted:.1f} "
+          "frames/s)" + _memory(lora_mem))  # fmt: skip
     print(f"ratio           : {adapted / cached:8.1f}x  (LoRA / cached)")
+
+
+def _memory(peak: int | None) -> str:
+    return "" if peak is None else f"; peak GPU memory {peak / 2**20:.0f} MiB"
 
 
 if __name__ == "__main__":

@@ -81,3 +81,12 @@ def test_finetune_epoch_runs():
     out = run("finetune_epoch.py", "--clips", "10", "--epochs", "1", "--no-lora")
     assert figure(out, "cached epoch") > 0
     assert 0 < figure(out, "data loading") < 100
+
+
+def test_training_step_prints_both_paths():
+    out = run("training_step.py", "--batch", "2", "--window", "4", "--steps", "2")
+    cached, lora = figure(out, "cached features"), figure(out, "LoRA end to end")
+    assert figure(out, "ratio") == pytest.approx(lora / cached, rel=0.05)
+    steps = float(re.search(r"^LoRA end to end :.*\(([0-9.]+) steps/s", out, re.MULTILINE).group(1))
+    assert steps == pytest.approx(1 / lora, rel=0.05)
+    assert ("peak GPU memory" in out) == ("device cuda" in out)  # reported on CUDA only
