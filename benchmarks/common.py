@@ -19,6 +19,14 @@ AFEW_VA_CLIPS = 600
 MIN_FRAMES, MAX_FRAMES = 40, 60
 N_ACTORS = 60
 CROP = {"method": "landmarks", "margin": 0.2}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_config() -> dict:
+    """The repository's config.yaml: the settings the benchmarks measure with."""
+    import yaml
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def as_the_workflow_runs() -> None:

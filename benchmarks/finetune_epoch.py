@@ -29,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from common import CROP, MAX_FRAMES, MIN_FRAMES, as_the_workflow_runs, load_average, machine, median
+from common import CROP, MAX_FRAMES, MIN_FRAMES, as_the_workflow_runs, load_average, machine, median, repo_config
 
 from clipva.backbones import CachedFeatures
 from clipva.head import HeadConfig, TemporalHead
 from clipva.store import ClipFeatures
 from clipva.training import finetune
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def synthetic_clips(n_clips: int, dim: int, seed: int, unlabeled: int = 0) -> list[ClipFeatures]:
@@ -132,7 +129,7 @@ def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_wind
     from clipva.lora import add_adapters
     from clipva.losses import regression_loss
 
-    lora_cfg = yaml.safe_load((REPO / "config.yaml").read_text())["lora"]
+    lora_cfg = repo_config()["lora"]
     lora_cfg = {**lora_cfg, "max_frames_per_step": windows * frames_per_window}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "afew-va"
@@ -180,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = repo_config()
     head_cfg, ft_cfg = config["head"], config["finetune"]
     train = synthetic_clips(args.clips, args.dim, seed=1, unlabeled=1)
     val = synthetic_clips(max(2, args.clips // 5), args.dim, seed=2)

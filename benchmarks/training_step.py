@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from common import as_the_workflow_runs, machine
+from common import CROP, as_the_workflow_runs, machine, repo_config
 
 from clipva.afew import index_dataset
 from clipva.backbones import AdaptedFrames, CachedFeatures
@@ -31,9 +30,6 @@ from clipva.head import HeadConfig, TemporalHead
 from clipva.lora import add_adapters
 from clipva.losses import regression_loss
 from clipva.store import FeatureStore
-
-CROP = {"method": "landmarks", "margin": 0.2}
-REPO = Path(__file__).resolve().parent.parent
 
 
 def seconds_per_step(backbone, head, clips, batches, steps: int, device: torch.device) -> tuple[float, int | None]:
@@ -80,7 +76,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         batches = [[(int(i), 0, args.window) for i in rng.integers(len(clips), size=args.batch)]
                    for _ in range(args.steps + 1)]  # fmt: skip
-        lora_cfg = yaml.safe_load((REPO / "config.yaml").read_text())["lora"]
+        lora_cfg = repo_config()["lora"]
         head = TemporalHead(HeadConfig(in_dim=clip.embed_dim)).to(clip.device)
         cached, cached_mem = seconds_per_step(CachedFeatures(), head, clips, batches, args.steps, clip.device)
         lora = AdaptedFrames(clip, add_adapters(clip, lora_cfg).to(clip.device), frames, CROP, lora_cfg)

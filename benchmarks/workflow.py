@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 import yaml
-from common import AFEW_VA_CLIPS, as_the_workflow_runs, demo_dataset, load_average, machine, median
+from common import AFEW_VA_CLIPS, REPO, as_the_workflow_runs, demo_dataset, load_average, machine, median
 
-REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 

@@ -34,7 +34,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         try:
             return Image.fromarray(pyspng.load(data, format="RGB"), "RGB")
         except RuntimeError:
-            pass  # PIL decides: it decodes some files libspng refuses (e.g. a bad IDAT checksum) or raises
+            pass  # PIL decides: it decodes what it can, or raises naming the file
     return _load_rgb_pil(io.BytesIO(data), path)
 
 
