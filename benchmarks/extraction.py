@@ -113,10 +113,14 @@ def profile_encoder(clip, batch_size: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     images = torch.randn(batch_size, 3, clip.image_size, clip.image_size)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = clip.device.type == "cuda"  # there the CPU side only launches kernels: profile the device too
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         for _ in range(2):
             encode_images(clip, images)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+        if cuda:
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=12), flush=True)
 
 
 def max_difference(a: str, b: str) -> float:

@@ -138,8 +138,8 @@ def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_wind
         clips = [ClipFeatures(c, np.zeros((len(g), 1), np.float32), g["frame"].to_numpy(), g["valence"].to_numpy(),
                               g["arousal"].to_numpy()) for c, g in frames.groupby("clip_id", sort=True)]  # fmt: skip
         clip = load_clip(model, None, "auto")
-        backbone = AdaptedFrames(clip, add_adapters(clip, lora_cfg), frames, CROP, lora_cfg)
-        head = TemporalHead(HeadConfig(in_dim=clip.embed_dim))
+        backbone = AdaptedFrames(clip, add_adapters(clip, lora_cfg).to(clip.device), frames, CROP, lora_cfg)
+        head = TemporalHead(HeadConfig(in_dim=clip.embed_dim)).to(clip.device)
         optimizer = torch.optim.AdamW(list(head.parameters()) + backbone.trainable(), lr=1e-4)
         rng = np.random.default_rng(0)
         batches = [[(int(i), 0, frames_per_window) for i in rng.integers(len(clips), size=windows)]
@@ -147,12 +147,14 @@ def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_wind
         backbone.train(True)
         head.train()
         times, start = [], time.perf_counter()
-        for k, batch in enumerate(backbone.epoch_batches(clips, batches, 0, torch.device("cpu"))):
+        for k, batch in enumerate(backbone.epoch_batches(clips, batches, 0, clip.device)):
             pred, _ = head(batch["x"], batch["mask"])
             loss = regression_loss(pred, batch["y"], batch["mask"] & torch.isfinite(batch["y"]).all(-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if clip.device.type == "cuda":
+                torch.cuda.synchronize()
             now = time.perf_counter()
             if k:  # the first step warms up (and waits for the workers' first batch)
                 times.append(now - start)

@@ -42,9 +42,10 @@ def seconds_per_step(backbone, head, clips, batches, steps: int, device: torch.d
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    # A step is timed from the end of the previous one: producing the batch is part of it (the LoRA path runs
+    # the image tower's forward there), and so is waiting for the device to finish.
+    times, start = [], time.perf_counter()
     for k, batch in enumerate(backbone.epoch_batches(clips, batches[: steps + 1], 0, device)):
-        start = time.perf_counter()
         pred, _ = head(batch["x"], batch["mask"])
         loss = regression_loss(pred, batch["y"], batch["mask"] & torch.isfinite(batch["y"]).all(-1))
         optimizer.zero_grad()
@@ -52,8 +53,10 @@ def seconds_per_step(backbone, head, clips, batches, steps: int, device: torch.d
         optimizer.step()
         if cuda:
             torch.cuda.synchronize()
+        now = time.perf_counter()
         if k:  # the first step warms up
-            times.append(time.perf_counter() - start)
+            times.append(now - start)
+        start = now
     return float(np.median(times)), torch.cuda.max_memory_allocated() if cuda else None
 
 
@@ -84,7 +87,7 @@ def main() -> None:
     frames_per_step = args.batch * args.window
     print(f"model {args.model}, precision {clip.precision}, device {clip.device}, {args.batch} windows x "
           f"{args.window} frames per step, torch threads {torch.get_num_threads()}, LoRA workers "
-          f"{lora_cfg['num_workers']}")  # fmt: skip
+          f"{lora.workers}")  # fmt: skip
     print(f"machine: {machine()}")
     print(f"cached features : {cached:8.4f} s/step  ({1 / cached:.1f} steps/s)" + _memory(cached_mem))
     print(f"LoRA end to end : {adapted:8.4f} s/step  ({1 / adapted:.2f} steps/s, {frames_per_step / adapted:.1f} "

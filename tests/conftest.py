@@ -49,14 +49,26 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
-                  timeout: int = 600, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:  # fmt: skip
+def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True, timeout: int = 600,
+                  snakefile: Path = REPO / "Snakefile", cores: int = 2) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the real workflow of this repository (or a copy's `snakefile`) in `workdir` with the tiny test
     configuration."""
     config = write_config(workdir, overrides)
-    cmd = [SNAKEMAKE, *args, "-s", str(snakefile), "-d", str(workdir), "--cores", "2",
+    cmd = [SNAKEMAKE, *args, "-s", str(snakefile), "-d", str(workdir), "--cores", str(cores),
            "--configfile", str(config)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need a CUDA device: skipped without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -91,3 +91,22 @@ def test_training_step_prints_both_paths():
     steps = float(re.search(r"^LoRA end to end :.*\(([0-9.]+) steps/s", out, re.MULTILINE).group(1))
     assert steps == pytest.approx(1 / lora, rel=0.05)
     assert ("peak GPU memory" in out) == ("device cuda" in out)  # reported on CUDA only
+
+
+@pytest.mark.e2e
+def test_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
+    """benchmarks/gpu_check.sh is the command a session with a GPU runs first; here its CPU fallback runs the
+    same steps at toy sizes, so the script itself is tested (each row ok, with its figure)."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0] == "| check | result | seconds |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[1:]}
+    assert len(rows) == 5 and not any("FAILED" in line for line in rows.values())
+    assert re.search(r"test mean CCC -?[0-9.]+", rows["tiny workflow end to end"])
+    assert re.search(r"end to end : [0-9.]+ frames/s.*ratio : [0-9.]+", next(v for k, v in rows.items()
+                                                                             if k.startswith("extraction")))
+    assert re.search(r"[0-9.]+ steps/s", next(v for k, v in rows.items() if k.startswith("LoRA step")))
+    assert sum("fine-tuning epoch" in k and "val CCC" in v for k, v in rows.items()) == 2

@@ -68,8 +68,19 @@ def test_bad_weight_sources_fail_fast_with_a_clear_message(monkeypatch):
     assert time.perf_counter() - start < 20
 
 
-def test_precision_resolution(monkeypatch, tmp_path):
-    assert resolve_precision("auto", torch.device("cuda")) in {"bf16", "fp16"} or not torch.cuda.is_available()
+def test_precision_resolution(monkeypatch, tmp_path, caplog):
+    # auto on CUDA: bf16 only where the GPU computes it natively, not where torch would emulate it
+    asked = []
+
+    def bf16_support(including_emulation=True):  # a V100: bf16 only by emulation
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_support)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16" and asked == [False]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # A100, H100
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
     # auto on CPU: bf16 only where the CPU has bf16 matrix instructions (bf16 is ~8x slower than fp32 without)
     for flags, fast in [("fpu avx2 fma", False), ("avx512f amx_bf16 amx_tile", True), ("avx512_bf16", True),
                         ("avx512_bf16x", False)]:  # fmt: skip
@@ -80,8 +91,10 @@ def test_precision_resolution(monkeypatch, tmp_path):
         monkeypatch.setattr("clipva.encoder.cpu_has_fast_bf16", lambda fast=fast: fast)
         assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    with pytest.raises(ConfigError, match="fp16 is not supported on CPU"):
-        resolve_precision("fp16", torch.device("cpu"))
+    # a model or config made for a GPU still runs on a CPU
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp32"
+    assert "fp16 does not run on the CPU; using fp32" in caplog.text
+    assert load_clip("clipva-tiny", None, "fp16", "cpu").precision == "fp32"
 
 
 def test_decode_workers_follow_the_threads_and_the_device():

@@ -6,9 +6,10 @@ import clipva.training as training
 from clipva.checkpoints import ResumeState, load_head, save_head
 from clipva.evaluation import constant_baseline, ridge_probe
 from clipva.head import HeadConfig, TemporalHead
+from clipva.prompts import emotion_bins, emotion_prompts
 from clipva.sequences import predict_clip
 from clipva.store import ClipFeatures
-from clipva.training import emotion_bins, emotion_prompts, finetune, pretrain, validation_ccc
+from clipva.training import finetune, pretrain, validation_ccc
 
 WINDOW = {"window": 12, "stride": 6}
 PRETRAIN = {"epochs": 2, "objectives": ["vision_language", "temporal"], "batch_size": 8, "lr": 1e-3,
@@ -47,7 +48,7 @@ def test_prompts_and_bins():
     prompts = emotion_prompts(3)
     assert len(prompts) == 9 and len(set(prompts)) == 9
     assert "unpleasant" in prompts[0] and "calm" in prompts[0] and "pleasant" in prompts[-1]
-    bins = emotion_bins(np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, -0.9], [0.99, -0.99]]), 3)
+    bins = emotion_bins(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, -0.9], [0.99, -0.99]]), 3)
     assert bins.tolist() == [0, 8, 3, 6]
 
 
@@ -59,7 +60,7 @@ def test_pretraining_learns_and_finetuning_beats_the_ridge_probe(data):
     assert history[-1]["vision_language"] > 0 and history[-1]["temporal"] > 0
     tuned, hist, best = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 15})
     assert best["val_mean_ccc"] == max(r["val_mean_ccc"] for r in hist)
-    test = validation_ccc(tuned, data["test"], WINDOW, torch.device("cpu"))
+    test = validation_ccc(tuned, data["test"], WINDOW)
     probe = ridge_probe(data["train"], data["val"], data["test"])["test"]["mean_ccc"]
     constant = constant_baseline(data["train"], data["test"])["mean_ccc"]
     assert test["mean"] > 0.7 and test["mean"] > probe and abs(constant) < 1e-9  # 0.89 vs 0.84 when written
@@ -138,7 +139,7 @@ def test_accumulating_two_half_batches_equals_one_full_batch():
     assert [r["val_mean_ccc"] for r in halves_hist] == pytest.approx([r["val_mean_ccc"] for r in full_hist], abs=1e-6)
 
     def outputs(head):
-        return np.concatenate([predict_clip(head, c.features, 12, 6, torch.device("cpu")) for c in val])
+        return np.concatenate([predict_clip(head, c.features, 12, 6) for c in val])
 
     # the same predictions (parameters too, except the attention's key bias: its gradient is zero in exact
     # arithmetic, so Adam turns float noise there into steps that change no output)
@@ -165,3 +166,41 @@ def test_pretraining_with_accumulation_learns(data):
     _, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 8, "batch_size": 4, "accumulate": 2},
                           text)  # fmt: skip
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_a_grad_scaler_steps_as_without_it_and_skips_overflowed_steps():
+    """fp16 LoRA scales the loss so small gradients survive; the update itself is the unscaled one."""
+    from clipva.training import Accumulator
+
+    def run(scaler, blow_up=False):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        acc = Accumulator(opt, 2, 4, scaler=scaler)
+        x = torch.randn(4, 8, 4)
+        for i in range(4):
+            loss = layer(x[i]).pow(2).mean()
+            acc.backward(i, loss * float("inf") if blow_up and i == 1 else loss)
+        return torch.cat([p.detach().flatten() for p in layer.parameters()])
+
+    plain = run(None)
+    assert torch.allclose(run(torch.amp.GradScaler("cpu", init_scale=2.0**12)), plain, atol=1e-6)
+    torch.manual_seed(0)
+    untouched = torch.cat([p.detach().flatten() for p in torch.nn.Linear(4, 1).parameters()])
+    skipped_first = run(torch.amp.GradScaler("cpu", init_scale=2.0**12), blow_up=True)
+    assert not torch.allclose(skipped_first, plain) and not torch.allclose(skipped_first, untouched)
+    assert torch.isfinite(skipped_first).all()  # the overflowed step was skipped, the next one taken
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled")
+def test_only_fp16_on_a_gpu_scales_gradients():
+    from clipva.backbones import AdaptedFrames, CachedFeatures
+
+    def scaler(device, dtype):
+        fake = AdaptedFrames.__new__(AdaptedFrames)
+        fake.device, fake.dtype = torch.device(device), dtype
+        return fake.grad_scaler()
+
+    assert isinstance(scaler("cuda", torch.float16), torch.amp.GradScaler)
+    assert scaler("cuda", torch.bfloat16) is None and scaler("cpu", torch.bfloat16) is None
+    assert CachedFeatures().grad_scaler() is None

@@ -1,9 +1,12 @@
 """End-to-end: the real snakemake on a tiny demo with the tiny CLIP architecture."""
 
+import itertools
 import json
 import re
 import shlex
 import shutil
+from datetime import datetime
+from pathlib import Path
 
 import h5py
 import pandas as pd
@@ -89,10 +92,18 @@ def test_training_is_reproducible(finished, tmp_path):
     assert after["pooled"] == before["pooled"]
 
 
+def _job_span(log: Path) -> tuple[datetime, datetime]:
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", log.read_text(), re.M)
+    return tuple(datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in (stamps[0], stamps[-1]))
+
+
 def test_sharded_extraction_equals_one_store(finished, tmp_path):
     shutil.copytree(finished / "results/demo", tmp_path / "results/demo")
-    run_snakemake(tmp_path, "features", overrides={"features": {"shards": 3}})
+    # 1 thread each on 2 cores: only the default profile's gpu=1 keeps two shards off one GPU at once
+    run_snakemake(tmp_path, "features", "--set-threads", "extract_features=1", overrides={"features": {"shards": 3}})
     assert len(list((tmp_path / "results/features/shards").glob("*-of-3.h5"))) == 3
+    spans = sorted(_job_span(tmp_path / f"logs/features/extract-{k}-of-3.log") for k in range(3))
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans
     one, sharded = finished / "results/features/features.h5", tmp_path / "results/features/features.h5"
     with h5py.File(one) as a, h5py.File(sharded) as b:
         assert sorted(a["clips"]) == sorted(b["clips"])
@@ -158,10 +169,10 @@ def test_lora_run_lives_beside_the_frozen_run(finished):
     assert len(sub) == len(pred[pred["split"].isin(["test", "unlabeled"])])
 
 
-def test_a_code_edit_reruns_only_the_runs_that_compute_with_it(finished, tmp_path):
-    """Each rule's params hash the clipva modules it computes with: an edit to training code reruns every
-    run; an edit to code that only LoRA runs use (frames, adapters, crops) reruns the LoRA run and leaves
-    the frozen run up to date."""
+def test_a_code_edit_reruns_every_run_whose_scripts_import_it(finished, tmp_path):
+    """Each rule's params hash its script and the clipva modules it imports (test_provenance.py edits every
+    module in turn): the adapters' code is imported by the training scripts, so an edit to it reruns the
+    frozen run as well as the LoRA run, and leaves the text embeddings, whose script does not import it."""
     run_snakemake(finished, overrides=LORA)  # made by the test above; a no-op then
     copy = tmp_path / "workflow-copy"
     for part in ("workflow", "src", "profiles"):
@@ -179,11 +190,11 @@ def test_a_code_edit_reruns_only_the_runs_that_compute_with_it(finished, tmp_pat
     training = {"pretrain", "finetune", "evaluate"}
     frozen, lora = planned(), planned(LORA)  # the last run made the submission of the LoRA run
     assert not (frozen | lora) & training
-    edit("frames")
     edit("lora")
-    assert planned() == frozen
+    assert planned() >= frozen | training | {"plots", "submission"}
     assert planned(LORA) >= lora | training | {"plots"}
-    edit("training")
+    assert "text_embeddings" not in planned() | planned(LORA)
+    edit("prompts")
     assert planned() >= training | {"text_embeddings", "plots", "submission"}
 
 
@@ -212,3 +223,27 @@ def test_readme_commands_give_no_target_where_snakemake_reads_config_files():
             after = words[words.index("--configfile") + 1 :]
             files = after[: next((i for i, w in enumerate(after) if w.startswith("-")), len(after))]
             assert all(f.endswith((".yaml", ".yml", ".json")) for f in files), " ".join(words)
+
+
+def _planned_jobs(proc) -> dict[str, list[str]]:
+    """rule -> the dry run's printed blocks of its jobs (threads, resources, wildcards...)."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        found = re.match(r"(?:local)?rule (\w+):", block)
+        if found:
+            jobs.setdefault(found.group(1), []).append(block)
+    return jobs
+
+
+def test_gpu_rules_ask_for_a_gpu_and_the_cores_that_feed_it(tmp_path):
+    """Extraction and a LoRA run's training and evaluation hold the GPU and every core Snakemake may use (their
+    decoding workers follow the threads); a frozen run's head trains and evaluates on 2 CPUs, with no GPU."""
+    proc = run_snakemake(tmp_path, "-n", "all", "results/runs/lora/eval/metrics.json", cores=8,
+                         overrides={"runs": {"lora": {"training": {"backbone": "lora"}}}})  # fmt: skip
+    jobs = _planned_jobs(proc)
+    for rule in ("extract_features", "pretrain", "finetune", "evaluate"):
+        for block in jobs[rule]:
+            lora = "exp=runs/lora" in block
+            wants_gpu = rule == "extract_features" or lora
+            assert re.search(rf"threads: {8 if wants_gpu else 2}\b", block), block
+            assert re.search(rf"\bgpu={int(wants_gpu)}\b", block), block

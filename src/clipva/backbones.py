@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from clipva.encoder import LoadedClip
 from clipva.errors import ConfigError
+from clipva.extract import decode_workers
 from clipva.frames import FrameWindows
 from clipva.lora import encode_frames, trainable_parameters
 from clipva.sequences import collate
@@ -38,13 +39,16 @@ class CachedFeatures:
     def train(self, mode: bool = True) -> None:
         pass
 
+    def grad_scaler(self) -> None:
+        return None
+
     def epoch_batches(self, clips: list[ClipFeatures], batches: list[list], epoch: int,
                       device: torch.device) -> Iterator[dict]:  # fmt: skip
         for windows in batches:
             yield _to(collate(clips, windows), device)
 
-    def clip_features(self, clip: ClipFeatures) -> np.ndarray:
-        return clip.features
+    def features_of(self, clips: list[ClipFeatures]) -> list[np.ndarray]:
+        return [c.features for c in clips]
 
     def state_dict(self) -> dict:
         return {}
@@ -53,70 +57,121 @@ class CachedFeatures:
         pass
 
 
+def _concat_frames(windows: list[torch.Tensor]) -> torch.Tensor:
+    """DataLoader collate: the frames of a batch's windows, concatenated (no padding goes through the tower)."""
+    return torch.cat(windows)
+
+
+def activation_bytes_per_frame(visual: torch.nn.Module, checkpointing: bool) -> int:
+    """Estimated memory one frame keeps for the backward pass of a ViT image tower: about 24 bytes per token
+    and channel in each block (ViT-B-32 on CPU: 11 MB a frame); with per-block checkpointing, each block's
+    input plus one block's activations."""
+    tower = getattr(visual, "get_base_model", lambda: visual)()
+    if not hasattr(tower, "grid_size") or not hasattr(tower, "transformer"):
+        raise ConfigError(f"lora.max_frames_per_step: auto knows the memory of ViT image towers only, not "
+                          f"{type(tower).__name__}; set a number of frames")  # fmt: skip
+    grid = tower.grid_size
+    tokens, width, layers = grid[0] * grid[1] + 1, tower.transformer.width, tower.transformer.layers
+    return tokens * width * (4 * layers + 24 if checkpointing else 24 * layers)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for activations: the GPU's free memory on CUDA, else the RAM the kernel reports available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
+def frame_budget(setting: int | str, visual: torch.nn.Module, device: torch.device, checkpointing: bool) -> int:
+    """lora.max_frames_per_step: `setting`, or for ``auto`` what memory allows: 70% of the GPU's free memory,
+    a quarter of the available RAM on CPU (shared with the decoding workers and the rest of the machine)."""
+    if setting != "auto":
+        return int(setting)
+    share = 0.7 if device.type == "cuda" else 0.25
+    return max(1, int(share * available_memory(device) / activation_bytes_per_frame(visual, checkpointing)))
+
+
 class AdaptedFrames:
     """The image tower with LoRA adapters, run on face crops decoded by DataLoader workers."""
 
     def __init__(self, clip: LoadedClip, visual: torch.nn.Module, frames: pd.DataFrame, face_crop: dict, cfg: dict):
         """`visual` is clip's image tower with adapters; crops use clip's preprocessing, frames its precision."""
-        self.clip, self.visual, self.frames, self.face_crop = clip, visual, frames, face_crop
-        self.preprocess, self.dtype = clip.preprocess, clip.dtype
+        self.clip, self.visual, self.face_crop = clip, visual, face_crop
+        self.frames = frames.set_index(["clip_id", "frame"]).sort_index()  # once, not per loader
+        self.preprocess, self.dtype, self.device = clip.preprocess, clip.dtype, clip.device
         self.lr, self.cfg = cfg["lr"], cfg
+        self.workers = decode_workers(cfg["num_workers"], torch.get_num_threads(), self.device)
+        self.max_frames = frame_budget(cfg["max_frames_per_step"], visual, self.device, cfg["grad_checkpointing"])
         self._cache: dict[str, np.ndarray] = {}
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return trainable_parameters(self.visual)
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 activations underflow small adapter gradients: scale the loss (bf16 has fp32's range)."""
+        if self.device.type == "cuda" and self.dtype == torch.float16:
+            return torch.amp.GradScaler("cuda")
+        return None
+
     def train(self, mode: bool = True) -> None:
         self.visual.train(mode)
-        self._cache.clear()  # features change with every step
+        if mode:
+            self._cache.clear()  # the adapters are about to change
 
-    def _loader(self, windows: list[tuple[str, np.ndarray]], batch_size: int, augment: dict | None,
+    def _loader(self, windows: list[tuple[str, np.ndarray]], batches: list[list[int]], augment: dict | None,
                 seed: int) -> DataLoader:  # fmt: skip
+        """Yields, per list of window indices in `batches`, the windows' preprocessed frames concatenated."""
         dataset = FrameWindows(self.frames, windows, self.preprocess, self.face_crop, augment, seed)
-        workers = self.cfg["num_workers"]
-        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          prefetch_factor=2 if workers else None)  # fmt: skip
-
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        b, t = images.shape[:2]
-        x = encode_frames(self.visual, images.flatten(0, 1), self.dtype, self.cfg["grad_checkpointing"])
-        return x.view(b, t, -1)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=_concat_frames, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda" and torch.cuda.is_available(),
+                          prefetch_factor=2 if self.workers else None)  # fmt: skip
 
     def epoch_batches(self, clips: list[ClipFeatures], batches: list[list], epoch: int,
                       device: torch.device) -> Iterator[dict]:  # fmt: skip
-        """Batches of equal-length windows are stacked; each batch's frames are decoded by the workers
-        while the previous batch trains."""
+        """The windows of each batch go through the tower as one stack of their real frames (padding is
+        added after); each batch's frames are decoded by the workers while the previous batch trains."""
         flat = [(clips[i].clip_id, clips[i].frame_index[a:b]) for windows in batches for i, a, b in windows]
-        length = max(len(f) for _, f in flat)
-        most = max(len(w) for w in batches) * length
-        if most > self.cfg["max_frames_per_step"]:
+        most = max(sum(b - a for _, a, b in windows) for windows in batches)
+        if most > self.max_frames:
             raise ConfigError(
                 f"lora: a step would run {most} frames through the image tower (windows per batch x window "
-                f"length), more than lora.max_frames_per_step={self.cfg['max_frames_per_step']}; lower the "
-                "stage's batch_size (raise its accumulate to keep the effective batch) or head.window, or "
-                "raise the limit where memory allows"
+                f"length), more than lora.max_frames_per_step={self.max_frames}; lower the stage's batch_size "
+                "(raise its accumulate to keep the effective batch) or head.window, or raise the limit where "
+                "memory allows"
             )
         augment = self.cfg["augment"] if self.visual.training else None
-        loader = self._loader(flat, 1, augment, seed=self.cfg["seed"] * 100_003 + epoch)
-        it = iter(loader)
+        starts = np.cumsum([0] + [len(w) for w in batches])
+        groups = [list(range(starts[k], starts[k + 1])) for k in range(len(batches))]
+        frames = iter(self._loader(flat, groups, augment, seed=self.cfg["seed"] * 100_003 + epoch))
         for windows in batches:
-            batch = _to(collate(clips, windows), device)
-            frames = [next(it)[0] for _ in windows]
-            images = torch.zeros(len(windows), length, *frames[0].shape[1:])
-            for k, f in enumerate(frames):
-                images[k, : len(f)] = f
-            batch["x"] = self._encode(images[:, : batch["mask"].shape[1]])
+            host = collate(clips, windows)
+            del host["x"]  # the stored features are replaced by the tower's
+            batch = _to(host, device)
+            features = encode_frames(self.visual, next(frames), self.dtype)
+            x = features.new_zeros(*batch["mask"].shape, features.shape[-1])
+            x[batch["mask"]] = features
+            batch["x"] = x
             yield batch
 
     @torch.no_grad()
-    def clip_features(self, clip: ClipFeatures) -> np.ndarray:
-        """Features of every frame of a clip through the adapted tower (cached until the next train step)."""
-        if clip.clip_id not in self._cache:
-            chunk = 64
-            windows = [(clip.clip_id, clip.frame_index[s : s + chunk]) for s in range(0, len(clip.frame_index), chunk)]
-            parts = [self._encode(images).squeeze(0).cpu().numpy() for images in self._loader(windows, 1, None, 0)]
-            self._cache[clip.clip_id] = np.concatenate(parts)
-        return self._cache[clip.clip_id]
+    def features_of(self, clips: list[ClipFeatures]) -> list[np.ndarray]:
+        """Features of every frame of `clips` through the adapted tower, decoded by one loader for all clips
+        (cached until the adapters next train)."""
+        chunk = 64
+        todo = list({c.clip_id: c for c in clips if c.clip_id not in self._cache}.values())
+        windows = [(c.clip_id, c.frame_index[s : s + chunk]) for c in todo for s in range(0, len(c.frame_index), chunk)]
+        if windows:
+            parts: dict[str, list[np.ndarray]] = {}
+            loader = self._loader(windows, [[k] for k in range(len(windows))], None, 0)
+            for (clip_id, _), images in zip(windows, loader, strict=True):
+                parts.setdefault(clip_id, []).append(encode_frames(self.visual, images, self.dtype).cpu().numpy())
+            self._cache.update({k: np.concatenate(v) for k, v in parts.items()})
+        return [self._cache[c.clip_id] for c in clips]
 
     def state_dict(self) -> dict:
         return {k: v for k, v in self.visual.state_dict().items() if "lora_" in k}
@@ -126,6 +181,7 @@ class AdaptedFrames:
         if missing:
             raise KeyError(f"adapter weights {sorted(missing)[:3]} do not fit this model")
         self.visual.load_state_dict(state, strict=False)
+        self._cache.clear()
 
 
 def lora_backbone(settings: dict, frames_csv: str, adapter_dir: str | None = None,

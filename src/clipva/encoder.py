@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from clipva.errors import ConfigError
 
+log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INIT_SEED = 0  # seed of the random initialisation when clip.pretrained is null
@@ -44,15 +46,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: half precision on CUDA; on CPU bf16 where it is fast, else fp32."""
+    """``auto``: bf16 on GPUs that compute it natively (Ampere and newer), else fp16; on CPU bf16 where it is
+    fast, else fp32. fp16 on a CPU (a model or config made for a GPU) falls back to fp32 with a warning."""
     if precision not in PRECISIONS:
         raise ConfigError(f"clip.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        log.warning("clip.precision: fp16 does not run on the CPU; using fp32 (set bf16 or auto to choose)")
+        return "fp32"
     if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ConfigError("clip.precision: fp16 is not supported on CPU; use bf16 or fp32")
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # counting emulation, older GPUs (V100, T4) report bf16 and then run it slowly
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 

@@ -23,7 +23,10 @@ class FrameWindows(Dataset):
 
     def __init__(self, frames: pd.DataFrame, windows: list[tuple[str, np.ndarray]], preprocess, face_crop: dict,
                  augment: dict | None = None, seed: int = 0):  # fmt: skip
-        table = frames.set_index(["clip_id", "frame"]).sort_index()
+        """`frames`: the index's frame table, or the same indexed by (clip_id, frame) and sorted (reused
+        across loaders)."""
+        indexed = list(frames.index.names) == ["clip_id", "frame"]
+        table = frames if indexed else frames.set_index(["clip_id", "frame"]).sort_index()
         self.items = []
         for clip_id, indices in windows:
             rows = table.loc[[(clip_id, int(i)) for i in indices]]

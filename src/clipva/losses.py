@@ -86,11 +86,11 @@ def multi_positive_info_nce(logits: Tensor, pos_mask: Tensor) -> Tensor:
                          f"{tuple(pos_mask.shape)}")
     pos_mask = pos_mask.bool()
     keep = pos_mask.any(1)
-    if not bool(keep.any()):
-        return _zero(logits)
-    logits, pos_mask = logits[keep], pos_mask[keep]
-    log_pos = torch.logsumexp(logits.masked_fill(~pos_mask, float("-inf")), dim=1)
-    return (torch.logsumexp(logits, dim=1) - log_pos).mean()
+    # Rows without a positive are weighted out rather than indexed out: no host sync on a GPU. They take
+    # every candidate as positive meanwhile, so their (unused) terms stay finite and add no NaN gradient.
+    log_pos = torch.logsumexp(logits.masked_fill(~(pos_mask | ~keep[:, None]), float("-inf")), dim=1)
+    per_row = torch.logsumexp(logits, dim=1) - log_pos
+    return (per_row * keep).sum() / keep.sum().clamp_min(1)
 
 
 def vision_language_loss(window_emb: Tensor, text_emb: Tensor, bin_ids: Tensor,
@@ -104,7 +104,8 @@ def vision_language_loss(window_emb: Tensor, text_emb: Tensor, bin_ids: Tensor,
                          f"{tuple(text_emb.shape)}")
     if bin_ids.shape != window_emb.shape[:1]:
         raise ValueError(f"bin_ids must have shape ({window_emb.shape[0]},), got {tuple(bin_ids.shape)}")
-    if bin_ids.numel() and (int(bin_ids.min()) < 0 or int(bin_ids.max()) >= text_emb.shape[0]):
+    on_host = bin_ids.device.type == "cpu"  # checked where it costs no device synchronisation
+    if on_host and bin_ids.numel() and (int(bin_ids.min()) < 0 or int(bin_ids.max()) >= text_emb.shape[0]):
         raise ValueError(f"bin_ids must lie in [0, {text_emb.shape[0]})")
     w, t = F.normalize(window_emb, dim=-1), F.normalize(text_emb, dim=-1)[bin_ids]
     logits = w @ t.T / temperature

@@ -128,7 +128,7 @@ def predict_video(path: str | Path, model: Model, fps: float | None = 10.0, no_f
     x = np.concatenate(features)
     if len(x) != len(times):
         raise BadInputError(f"{path}: decoded {len(x)} frames on the second pass, {len(times)} on the first")
-    pred = predict_clip(model.head, x, model.window["window"], model.window["stride"], model.clip.device) * VA_SCALE
+    pred = predict_clip(model.head, x, model.window["window"], model.window["stride"]) * VA_SCALE
     table[["valence", "arousal"]] = pred
     if no_face == "empty":
         table.loc[~found, ["valence", "arousal"]] = np.nan

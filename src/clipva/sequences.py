@@ -15,6 +15,7 @@ from clipva.windows import merge_windows, sample_window, window_starts
 
 log = logging.getLogger(__name__)
 VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
+WINDOWS_PER_FORWARD = 256
 
 
 def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dict[str, list[ClipFeatures]]:
@@ -57,22 +58,24 @@ def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> d
 
 
 @torch.no_grad()
-def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: int,
-                 device: torch.device | str = "cpu") -> np.ndarray:  # fmt: skip
-    """Per-frame (n_frames, 2) predictions in [-1, 1]: overlapping windows merged back into one per frame."""
+def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """Per-frame (n_frames, 2) predictions in [-1, 1]: overlapping windows merged back into one per frame.
+    Computed on the head's device."""
     head.eval()
     starts = window_starts(len(features), length, stride)
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
-    preds = [head(x[None, s : s + length])[0][0].float().cpu().numpy() for s in starts]
-    return merge_windows(len(features), starts, preds)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.feature_mean.device)
+    windows = torch.stack([x[s : s + length] for s in starts])  # one length: min(length, n_frames)
+    # one forward and one copy to the host per chunk of windows, not per window
+    preds = torch.cat([head(chunk)[0].float() for chunk in windows.split(WINDOWS_PER_FORWARD)]).cpu().numpy()
+    return merge_windows(len(features), starts, list(preds))
 
 
-def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, length: int, stride: int,
-                      device: torch.device | str = "cpu") -> pd.DataFrame:  # fmt: skip
+def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, length: int,
+                      stride: int) -> pd.DataFrame:  # fmt: skip
     """Predictions and annotations of every frame of `clips`, on the annotation scale (-10..10)."""
     rows = []
     for clip in clips:
-        pred = predict_clip(head, clip.features, length, stride, device) * VA_SCALE
+        pred = predict_clip(head, clip.features, length, stride) * VA_SCALE
         rows.append(pd.DataFrame({
             "clip_id": clip.clip_id, "frame": clip.frame_index, "split": split,
             "valence_pred": pred[:, 0], "arousal_pred": pred[:, 1],

@@ -20,6 +20,7 @@ from clipva.checkpoints import ResumeState
 from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
 from clipva.metrics import ccc
+from clipva.prompts import emotion_bins
 from clipva.sequences import VA_SCALE, predict_clip, sample_windows
 from clipva.store import ClipFeatures
 from clipva.windows import sample_window
@@ -27,35 +28,6 @@ from clipva.windows import sample_window
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
-
-VALENCE_WORDS = {
-    2: ["unpleasant", "pleasant"],
-    3: ["unpleasant", "neutral", "pleasant"],
-    4: ["very unpleasant", "mildly unpleasant", "mildly pleasant", "very pleasant"],
-    5: ["very unpleasant", "unpleasant", "neutral", "pleasant", "very pleasant"],
-}
-AROUSAL_WORDS = {
-    2: ["calm", "excited"],
-    3: ["calm", "alert", "excited"],
-    4: ["sleepy", "calm", "alert", "excited"],
-    5: ["sleepy", "calm", "alert", "excited", "agitated"],
-}
-
-
-def emotion_prompts(bins: int) -> list[str]:
-    """One description per (valence bin, arousal bin); index = valence_bin * bins + arousal_bin."""
-    return [
-        f"a photo of a face with a {v} expression, looking {a}"
-        for v in VALENCE_WORDS[bins]
-        for a in AROUSAL_WORDS[bins]
-    ]
-
-
-def emotion_bins(va: np.ndarray, bins: int) -> np.ndarray:
-    """(N, 2) valence/arousal in -1..1 -> bin index per row (equal-width bins per dimension)."""
-    levels = np.clip(((va + 1) / 2 * bins).astype(int), 0, bins - 1)
-    return levels[:, 0] * bins + levels[:, 1]
-
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     torch.manual_seed(seed * 100_003 + epoch)
@@ -95,17 +67,25 @@ class Accumulator:
     its batches: with per-batch mean losses of equal weight, a step over k batches of b windows equals one
     over a batch of k*b. Batch-level losses (CCC, contrastive) are computed per batch."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, every: int, n_batches: int, scheduler=None):
-        self.optimizer, self.every, self.n, self.scheduler = optimizer, every, n_batches, scheduler
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int, n_batches: int, scheduler=None,
+                 scaler: torch.amp.GradScaler | None = None):  # fmt: skip
+        self.optimizer, self.every, self.n, self.scheduler, self.scaler = optimizer, every, n_batches, scheduler, scaler
         optimizer.zero_grad(set_to_none=True)
 
     def backward(self, i: int, loss: torch.Tensor) -> None:
         """Backpropagate the loss of batch `i`; step the optimizer when its group is complete."""
         first = i // self.every * self.every
         size = min(self.every, self.n - first)
-        (loss / size).backward()
+        if self.scaler is None:
+            (loss / size).backward()
+        else:
+            self.scaler.scale(loss / size).backward()
         if i + 1 == first + size:
-            self.optimizer.step()
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self.scaler.step(self.optimizer)  # skipped where fp16 gradients overflowed
+                self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -118,6 +98,15 @@ class PretrainModel(nn.Module):
         super().__init__()
         self.head = head
         self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
+
+
+def _scaler_state(scaler: torch.amp.GradScaler | None) -> dict:
+    return {} if scaler is None else {"scaler": scaler.state_dict()}
+
+
+def _load_scaler(scaler: torch.amp.GradScaler | None, state: dict) -> None:
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
 
 
 def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -143,6 +132,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     model = PretrainModel(head, text_emb.shape[1] if text_emb is not None else 1).to(device)
     text = torch.as_tensor(text_emb, dtype=torch.float32, device=device) if text_emb is not None else None
     optimizer = _optimizer(list(model.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
+    scaler = backbone.grad_scaler()
     history: list[dict] = []
     start = 0
     state = resume.load() if resume else None
@@ -150,6 +140,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         model.load_state_dict(state["model"])
         backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
+        _load_scaler(scaler, state)
         history, start = state["history"], state["epoch"] + 1
         log.info("pretrain: resuming after epoch %d", state["epoch"])
     length = window["window"]
@@ -158,13 +149,13 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         progress = Progress()
         model.train()
         backbone.train(True)
-        sums = {"loss": 0.0, "vision_language": 0.0, "temporal": 0.0}
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "vision_language", "temporal")}
         steps = 0
         firsts = [b for b in _batches(sample_windows(train, length, rng), cfg["batch_size"]) if len(b) >= 2]
         seconds = [[(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in b] for b in firsts]
         seeds = rng.integers(2**31, size=len(firsts))
         pairs = [a + b for a, b in zip(firsts, seconds, strict=True)]
-        accumulator = Accumulator(optimizer, cfg.get("accumulate", 1), len(firsts))
+        accumulator = Accumulator(optimizer, cfg.get("accumulate", 1), len(firsts), scaler=scaler)
         for batch_windows, both, seed in zip(firsts, backbone.epoch_batches(train, pairs, epoch, device), seeds,
                                              strict=True):  # fmt: skip
             n = len(batch_windows)
@@ -179,39 +170,38 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
                 _, zb = model.head(xb, b["mask"])
                 clip_ids = torch.tensor([i for i, _, _ in batch_windows], device=device)
                 part = temporal_contrastive_loss(za, zb, cfg["temperature"], clip_ids)
-                sums["temporal"] += part.item()
+                sums["temporal"] += part.detach()
                 loss = loss + part
             if "vision_language" in objectives:
                 labeled = torch.isfinite(a["y"][..., 0]) & a["mask"]
                 has = labeled.any(1)
                 if has.sum() >= 2:
                     mean_va = torch.nan_to_num(a["y"]).sum(1) / labeled.sum(1, keepdim=True).clamp_min(1)
-                    bins = torch.as_tensor(emotion_bins(mean_va[has].cpu().numpy(), cfg["bins"]), device=device)
+                    bins = emotion_bins(mean_va[has], cfg["bins"])
                     part = vision_language_loss(model.to_text(za[has]), text, bins, cfg["temperature"])
-                    sums["vision_language"] += part.item()
+                    sums["vision_language"] += part.detach()
                     loss = loss + part
             accumulator.backward(steps, loss)
-            sums["loss"] += loss.item()
+            sums["loss"] += loss.detach()
             steps += 1
             progress.step("pretrain", epoch, steps, len(firsts))
-        record = {"epoch": epoch, **{k: v / max(1, steps) for k, v in sums.items()}}
+        record = {"epoch": epoch, **{k: v.item() / max(1, steps) for k, v in sums.items()}}
         history.append(record)
         log.info("pretrain epoch %d/%d: loss %.4f (vision_language %.4f, temporal %.4f)", epoch + 1,
                  cfg["epochs"], record["loss"], record["vision_language"], record["temporal"])  # fmt: skip
         if resume:
             resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                         "backbone": backbone.state_dict(), "epoch": epoch})  # fmt: skip
+                         "backbone": backbone.state_dict(), "epoch": epoch, **_scaler_state(scaler)})  # fmt: skip
     return model.head.cpu(), history
 
 
-def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, device: torch.device,
-                   backbone=None) -> dict:  # fmt: skip
-    """CCC of each dimension over all labeled frames of `clips` (pooled), and their mean."""
+def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, backbone=None) -> dict:
+    """CCC of each dimension over all labeled frames of `clips` (pooled), and their mean, on the head's device."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     preds, trues = [], []
-    for clip in clips:
-        pred = predict_clip(head, backbone.clip_features(clip), window["window"], window["stride"], device)
+    for clip, features in zip(clips, backbone.features_of(clips), strict=True):
+        pred = predict_clip(head, features, window["window"], window["stride"])
         preds.append(pred[clip.labeled])
         trues.append(clip.labels[clip.labeled] / VA_SCALE)
     p, t = np.concatenate(preds), np.concatenate(trues)
@@ -227,20 +217,22 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
     linear path, and zero the transformer's output so the head predicts exactly that probe."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
-    x = torch.from_numpy(np.concatenate([backbone.clip_features(c)[c.labeled] for c in train]))
+    features = backbone.features_of(train)
+    x = torch.from_numpy(np.concatenate([f[c.labeled] for c, f in zip(train, features, strict=True)]))
     y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
     z = head.whiten(x.to(head.feature_mean.device)).double()
     target = torch.from_numpy(np.arctanh(np.clip(y, -0.95, 0.95))).to(z)
     zm, tm = z.mean(0), target.mean(0)
     gram = (z - zm).T @ (z - zm)
+    eye = torch.eye(len(gram), dtype=z.dtype, device=z.device)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     scores = {}
     for alpha in alphas:
-        w = torch.linalg.solve(gram + alpha * len(z) * torch.eye(len(gram), dtype=z.dtype), (z - zm).T @ (target - tm))
+        w = torch.linalg.solve(gram + alpha * len(z) * eye, (z - zm).T @ (target - tm))
         head.linear.weight.copy_(w.T)
         head.linear.bias.copy_(tm - zm @ w)
-        scores[alpha] = (validation_ccc(head, val, window, head.feature_mean.device, backbone)["mean"], w.T.clone(),
+        scores[alpha] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(),
                          (tm - zm @ w).clone())  # fmt: skip
     alpha = max(scores, key=lambda a: scores[a][0])
     head.linear.weight.copy_(scores[alpha][1])
@@ -261,13 +253,14 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
     if cfg["linear_init"]:
         init_linear_from_ridge(head, train, val, window, backbone)
     optimizer = _optimizer(list(head.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
+    scaler = backbone.grad_scaler()
     length = window["window"]
     accumulate = cfg.get("accumulate", 1)
     windows_per_epoch = max(1, sum(len(c.features) for c in train) // length)
     steps_per_epoch = math.ceil(math.ceil(windows_per_epoch / cfg["batch_size"]) / accumulate)
     scheduler = warmup_cosine(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     history: list[dict] = []
-    start_scores = validation_ccc(head, val, window, device, backbone)
+    start_scores = validation_ccc(head, val, window, backbone)
     best = {"epoch": -1, "val_mean_ccc": start_scores["mean"]}  # the starting point counts as a candidate
     best_state = copy.deepcopy(head.state_dict())
     best_backbone = copy.deepcopy(backbone.state_dict())
@@ -278,6 +271,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _load_scaler(scaler, state)
         history, best, best_state, bad_epochs = state["history"], state["best"], state["best_state"], state["bad"]
         best_backbone = state["best_backbone"]
         start = state["epoch"] + 1
@@ -289,18 +283,18 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         progress = Progress()
         head.train()
         backbone.train(True)
-        total, steps = 0.0, 0
+        total, steps = torch.zeros((), device=device), 0
         batches = _batches(sample_windows(train, length, rng), cfg["batch_size"])
-        accumulator = Accumulator(optimizer, accumulate, len(batches), scheduler)
+        accumulator = Accumulator(optimizer, accumulate, len(batches), scheduler, scaler)
         for batch in backbone.epoch_batches(train, batches, epoch, device):
             pred, _ = head(batch["x"], batch["mask"])
             labeled = batch["mask"] & torch.isfinite(batch["y"]).all(-1)
             loss = regression_loss(pred, batch["y"], labeled, cfg["loss"], cfg["ccc_weight"])
             accumulator.backward(steps, loss)
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + loss.detach(), steps + 1
             progress.step("finetune", epoch, steps, len(batches))
-        scores = validation_ccc(head, val, window, device, backbone)
-        record = {"epoch": epoch, "train_loss": total / max(1, steps), "val_ccc_valence": scores["valence"],
+        scores = validation_ccc(head, val, window, backbone)
+        record = {"epoch": epoch, "train_loss": total.item() / max(1, steps), "val_ccc_valence": scores["valence"],
                   "val_ccc_arousal": scores["arousal"], "val_mean_ccc": scores["mean"],
                   "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
         history.append(record)
@@ -317,7 +311,8 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             resume.save({"model": head.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "history": history, "best": best,
                          "best_state": best_state, "bad": bad_epochs, "epoch": epoch,
-                         "backbone": backbone.state_dict(), "best_backbone": best_backbone})  # fmt: skip
+                         "backbone": backbone.state_dict(), "best_backbone": best_backbone,
+                         **_scaler_state(scaler)})  # fmt: skip
     head.load_state_dict(best_state)
     backbone.load_state_dict(best_backbone)
     return head.cpu(), history, best

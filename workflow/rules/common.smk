@@ -1,7 +1,5 @@
 import copy
 import functools
-import hashlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -15,6 +13,8 @@ sys.path.insert(0, SRC)
 os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
 )
+
+from clipva import provenance
 
 # torch's OpenMP threads spin while waiting; on a busy or shared machine that stalls every parallel region
 # (benchmarks/README.md: a 60-clip build 109 s -> 65 s with PASSIVE). Jobs inherit it; a user's value wins.
@@ -55,16 +55,14 @@ def user_root():
     return str(Path(config["dataset"]["root"]).expanduser().resolve())
 
 
-def code_version(*modules):
-    """A hash of the clipva modules that compute a job's results, for its params: editing them makes the job
-    stale. (How outputs are written, clipva.atomic and clipva.jobs, does not change them and is left out.)
+@functools.cache
+def code_version(script):
+    """params.code of the jobs that run `script` (the path as their script directive gives it): a hash of the
+    script and of every clipva module it imports, directly or through other modules (found by
+    clipva.provenance, no list to keep up). Editing one of them makes those jobs and their dependants stale.
     """
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(
-            Path(importlib.util.find_spec(f"clipva.{module}").origin).read_bytes()
-        )
-    return digest.hexdigest()[:12]
+    path = Path(workflow.basedir, "workflow", "rules", script).resolve()
+    return provenance.code_version(path, src=Path(SRC))
 
 
 def merged(base, overrides):
@@ -137,20 +135,25 @@ def backbone_params(wildcards):
     }
 
 
-# The modules a LoRA run computes with beyond a frozen one's (the image tower, its frames and crops): only
-# LoRA runs depend on them, so editing them leaves frozen runs up to date.
-LORA_CODE = ("lora", "frames", "crop", "encoder")
+def gpu_job_threads(wildcards=None):
+    """Threads of a job that feeds a GPU (extraction, LoRA training and evaluation, prediction), whose
+    decoding workers follow its threads (features.workers, lora.num_workers: auto). Locally: every core
+    Snakemake may use (GPU jobs run one at a time, profiles/default). On a cluster: 4, which the profile
+    raises per rule (set-threads) to what a node has per GPU."""
+    # a cluster job parses the workflow again on its node, in remote mode with the local executor
+    local = workflow.local_exec and not workflow.remote_exec
+    cores = workflow._cores if local else None
+    return max(1, int(cores)) if cores else 4
 
 
-def run_code(*modules):
-    """params.code of a training or evaluation rule: code_version of `modules`, plus LORA_CODE for LoRA runs."""
+def lora_threads(wildcards):
+    """A LoRA run's training and evaluation feed the image tower; a frozen run's head needs 2 threads."""
+    return gpu_job_threads() if is_lora(exp_run(wildcards)) else 2
 
-    def code(wildcards):
-        return code_version(
-            *modules, *(LORA_CODE if is_lora(exp_run(wildcards)) else ())
-        )
 
-    return code
+def lora_gpu(wildcards):
+    """A GPU for LoRA runs (the image tower trains); the frozen path's small head runs on CPUs."""
+    return int(is_lora(exp_run(wildcards)))
 
 
 def lora_inputs(stage):

@@ -7,7 +7,7 @@ rule demo:
         "../../envs/clipva.yaml"
     params:
         demo=config["demo"],
-        code=code_version("demo"),
+        code=code_version("../scripts/demo.py"),
     script:
         "../scripts/demo.py"
 
@@ -24,7 +24,7 @@ rule convert_videos:
     threads: 2
     params:
         videos=config["dataset"]["videos"],
-        code=code_version("annotated_videos", "video", "faces"),
+        code=code_version("../scripts/convert_videos.py"),
     script:
         "../scripts/convert_videos.py"
 
@@ -41,7 +41,7 @@ rule index:
         "../../envs/clipva.yaml"
     params:
         on_bad_input=config["dataset"]["on_bad_input"],
-        code=code_version("afew"),
+        code=code_version("../scripts/index.py"),
     script:
         "../scripts/index.py"
 
@@ -57,6 +57,6 @@ rule split:
         "../../envs/clipva.yaml"
     params:
         split=config["split"],
-        code=code_version("splits"),
+        code=code_version("../scripts/split.py"),
     script:
         "../scripts/split.py"

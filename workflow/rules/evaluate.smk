@@ -20,13 +20,14 @@ rule evaluate:
         "logs/{exp}/evaluate.log",
     conda:
         "../../envs/clipva.yaml"
-    threads: 2
+    threads: lora_threads
     resources:
+        gpu=lora_gpu,
         mem_mb=4000,
         runtime=30,
     params:
         backbone=backbone_params,
-        code=run_code("evaluation", "metrics", "sequences", "checkpoints", "backbones"),
+        code=code_version("../scripts/evaluate.py"),
     script:
         "../scripts/evaluate.py"
 
@@ -52,7 +53,7 @@ rule plots:
         "../../envs/clipva.yaml"
     params:
         evaluate=config["evaluate"],
-        code=code_version("plots"),
+        code=code_version("../scripts/plots.py"),
     script:
         "../scripts/plots.py"
 
@@ -68,6 +69,6 @@ rule submission:
     conda:
         "../../envs/clipva.yaml"
     params:
-        code=code_version("evaluation"),
+        code=code_version("../scripts/submission.py"),
     script:
         "../scripts/submission.py"

@@ -17,7 +17,7 @@ rule cv_split:
             "method": "actor_kfold",
             "fold": int(wildcards.fold),
         },
-        code=code_version("splits"),
+        code=code_version("../scripts/split.py"),
     script:
         "../scripts/split.py"
 
@@ -52,7 +52,7 @@ rule cv_summary:
     params:
         runs=CV_RUNS,
         folds=FOLDS,
-        code=code_version("experiments", "metrics", "evaluation"),
+        code=code_version("../scripts/cv_summary.py"),
     script:
         "../scripts/cv_summary.py"
 
@@ -77,7 +77,7 @@ rule compare_runs:
         "../../envs/clipva.yaml"
     params:
         runs=COMPARE,
-        code=code_version("experiments"),
+        code=code_version("../scripts/compare_runs.py"),
     script:
         "../scripts/compare_runs.py"
 
@@ -96,6 +96,7 @@ rule resolved_config:
     params:
         config=config,
         runs={run: run_settings(run) for run in RUNS},
+        code=code_version("../scripts/resolved_config.py"),
     script:
         "../scripts/resolved_config.py"
 

@@ -9,7 +9,7 @@ rule extract_features:
         f"benchmarks/out/extract-{{shard}}-of-{N_SHARDS}.tsv"
     conda:
         "../../envs/clipva.yaml"
-    threads: 4
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=8000,
@@ -19,7 +19,7 @@ rule extract_features:
         face_crop=config["face_crop"],
         shards=N_SHARDS,
         on_bad_input=config["dataset"]["on_bad_input"],
-        code=code_version("extract", "encoder", "crop", "store"),
+        code=code_version("../scripts/extract_features.py"),
     script:
         "../scripts/extract_features.py"
 
@@ -35,7 +35,7 @@ rule merge_features:
     conda:
         "../../envs/clipva.yaml"
     params:
-        code=code_version("store"),
+        code=code_version("../scripts/merge_features.py"),
     script:
         "../scripts/merge_features.py"
 

@@ -21,7 +21,7 @@ rule export_model:
             key: run_settings(wildcards.run)[key]
             for key in ("clip", "face_crop", "training")
         },
-        code=code_version("predict"),
+        code=code_version("../scripts/export_model.py"),
     script:
         "../scripts/export_model.py"
 
@@ -41,24 +41,14 @@ rule predict_video:
         "logs/predict/{video}.log",
     conda:
         "../../envs/clipva.yaml"
-    threads: 2
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
     params:
         predict=config["predict"],
-        code=code_version(
-            "predict",
-            "video",
-            "faces",
-            "crop",
-            "encoder",
-            "sequences",
-            "head",
-            "lora",
-            "plots",
-        ),
+        code=code_version("../scripts/predict_video.py"),
     script:
         "../scripts/predict_video.py"
 

@@ -1,7 +1,6 @@
 # Training of one experiment (results/{exp}: a run on the configured split, or a cross-validation fold).
 PRETRAINED = f"{EXP}/pretrain/head.pt"
 FINETUNED = f"{EXP}/finetune/best.pt"
-TRAIN_CODE = ["training", "head", "losses", "sequences", "checkpoints", "backbones"]
 
 
 rule text_embeddings:
@@ -16,7 +15,7 @@ rule text_embeddings:
         runtime=15,
     params:
         clip=config["clip"],
-        code=code_version("encoder", "training"),
+        code=code_version("../scripts/text_embeddings.py"),
     script:
         "../scripts/text_embeddings.py"
 
@@ -37,9 +36,9 @@ rule pretrain:
         "benchmarks/out/{exp}/pretrain.tsv"
     conda:
         "../../envs/clipva.yaml"
-    threads: 2
+    threads: lora_threads
     resources:
-        gpu=1,
+        gpu=lora_gpu,
         mem_mb=8000,
         runtime=120,
     params:
@@ -47,7 +46,7 @@ rule pretrain:
         pretrain=exp_section("pretrain"),
         backbone=backbone_params,
         state=lambda wildcards: f"results/{wildcards.exp}/.state/pretrain.pt",
-        code=run_code(*TRAIN_CODE),
+        code=code_version("../scripts/pretrain.py"),
     script:
         "../scripts/pretrain.py"
 
@@ -68,15 +67,15 @@ rule finetune:
         "benchmarks/out/{exp}/finetune.tsv"
     conda:
         "../../envs/clipva.yaml"
-    threads: 2
+    threads: lora_threads
     resources:
-        gpu=1,
+        gpu=lora_gpu,
         mem_mb=8000,
         runtime=120,
     params:
         finetune=exp_section("finetune"),
         backbone=backbone_params,
         state=lambda wildcards: f"results/{wildcards.exp}/.state/finetune.pt",
-        code=run_code(*TRAIN_CODE, "metrics"),
+        code=code_version("../scripts/finetune.py"),
     script:
         "../scripts/finetune.py"

@@ -20,8 +20,10 @@ def main(smk):
     if smk.params.backbone["backbone"] == "lora":  # features through the adapted image tower
         backbone = lora_backbone(smk.params.backbone, smk.input.frames, smk.input.adapter, trainable=False)
         backbone.train(False)
-        predicted = {s: [dataclasses.replace(c, features=backbone.clip_features(c)) for c in data[s]]
-                     for s in ("test", "unlabeled")}  # fmt: skip
+        predicted = {}
+        for s in ("test", "unlabeled"):
+            features = backbone.features_of(data[s])
+            predicted[s] = [dataclasses.replace(c, features=f) for c, f in zip(data[s], features, strict=True)]
     tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
               for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
     predictions = pd.concat(tables, ignore_index=True)

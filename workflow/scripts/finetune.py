@@ -24,7 +24,9 @@ def main(smk):
     if lora:
         save_adapters(backbone.visual, smk.output.adapter)
         if settings["lora"]["merge"]:
-            export_merged(backbone.clip, backbone.visual, Path(smk.output.adapter) / "merged_open_clip.pt")
+            clip = settings["clip"]
+            export_merged(clip["model"], clip["pretrained"], smk.output.adapter,
+                          Path(smk.output.adapter) / "merged_open_clip.pt")  # fmt: skip
     else:
         save_no_adapters(smk.output.adapter)
     write_text(smk.output.history, json.dumps({"best": best, "epochs": history}, indent=1))

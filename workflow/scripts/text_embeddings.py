@@ -3,7 +3,7 @@ import numpy as np
 from clipva.atomic import atomic_path
 from clipva.encoder import encode_texts, load_clip
 from clipva.jobs import log, run_job
-from clipva.training import emotion_prompts
+from clipva.prompts import emotion_prompts
 
 
 def main(smk):
