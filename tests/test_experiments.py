@@ -25,7 +25,8 @@ def _predictions(seed: int, clips: list[str]) -> pd.DataFrame:
 
 def _metrics(pred: pd.DataFrame) -> dict:
     m = metrics_on_test_split(pred)
-    m["baselines"] = {"ridge_probe": {"test": {"mean_ccc": 0.1}}, "constant": {"mean_ccc": 0.0}}
+    m["baselines"] = {"ridge_probe": {"test": {"mean_ccc": 0.1}}, "smoothed_ridge_probe": {"test": {"mean_ccc": 0.2}},
+                      "constant": {"mean_ccc": 0.0}}
     return m
 
 
@@ -43,8 +44,12 @@ def test_cv_summary_is_mean_and_std_over_folds_and_pools_all_folds():
     assert row["all_folds"] != pytest.approx(row["mean"])  # pooling all folds is not averaging them
     probe = table[(table["view"] == "ridge_probe")].iloc[0]
     assert probe["mean"] == pytest.approx(0.1)
-    # every metric of both views, both dimensions and the mean CCC
-    assert len(table) == 2 * (2 * 4 + 1) + 2
+    assert table[(table["view"] == "smoothed_ridge_probe")].iloc[0]["mean"] == pytest.approx(0.2)
+    moved = table[(table["view"] == "smoothness") & (table["dimension"] == "valence")].iloc[0]
+    ratios = [metrics[("a", k)]["smoothness"]["valence"]["ratio"] for k in range(3)]
+    assert moved["metric"] == "change_ratio" and moved["mean"] == pytest.approx(np.mean(ratios))
+    # every metric of both views, both dimensions and the mean CCC; 3 baselines; 2 smoothness ratios
+    assert len(table) == 2 * (2 * 4 + 1) + 3 + 2
 
 
 def test_cv_summary_refuses_a_clip_tested_in_two_folds():
@@ -58,7 +63,8 @@ def test_compare_runs_has_a_row_per_run():
     table = compare_runs(metrics)
     assert table["run"].tolist() == ["main", "other"]
     assert table.loc[0, "mean_ccc"] == metrics["main"]["pooled"]["mean_ccc"]
-    assert {"ccc_valence", "rmse_arousal", "sagr_valence", "ridge_probe_mean_ccc"} <= set(table.columns)
+    assert {"ccc_valence", "rmse_arousal", "sagr_valence", "ridge_probe_mean_ccc", "smoothed_ridge_probe_mean_ccc",
+            "change_ratio_valence", "change_ratio_arousal"} <= set(table.columns)  # fmt: skip
 
 
 VARIANTS = {"split": {"folds": 3}, "runs": {"nopre": {"pretrain": {"epochs": 0}}}}  # cv.runs: [] is `run`

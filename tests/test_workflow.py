@@ -43,7 +43,13 @@ def test_main_job_produces_submission_metrics_and_plots(finished):
     for view in ("pooled", "per_clip"):
         for dim in ("valence", "arousal"):
             assert set(metrics[view][dim]) >= {"rmse", "pcc", "ccc", "sagr"}
-    assert {"constant", "ridge_probe"} <= set(metrics["baselines"])
+    assert {"constant", "ridge_probe", "smoothed_ridge_probe"} <= set(metrics["baselines"])
+    smoothed = metrics["baselines"]["smoothed_ridge_probe"]
+    assert smoothed["window"] >= 1 and smoothed["val_mean_ccc"] >= metrics["baselines"]["ridge_probe"]["val_mean_ccc"]
+    for dim in ("valence", "arousal"):  # how much predictions and labels move from frame to frame
+        moved = metrics["smoothness"][dim]
+        assert moved["predictions"] > 0 and moved["labels"] >= 0
+        assert set(smoothed["smoothness"][dim]) == {"predictions", "labels", "ratio"}
     for name in ("curves", "scatter", "timeseries", "circumplex"):
         png = finished / f"results/runs/main/eval/plots/{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

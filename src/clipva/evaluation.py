@@ -5,53 +5,49 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipva.metrics import DIMENSIONS, evaluate_predictions, va_metrics
+from clipva.baselines import constant_baseline, mean_abs_change, ridge_baselines
+from clipva.metrics import DIMENSIONS, evaluate_predictions
 from clipva.sequences import VA_SCALE
 from clipva.store import ClipFeatures
 
+PRED, TRUE = ["valence_pred", "arousal_pred"], ["valence", "arousal"]
+
 
 def metrics_on_test_split(predictions: pd.DataFrame) -> dict:
-    """Metrics over the labeled frames of the test split: pooled over frames (as ABAW) and averaged per clip."""
-    test = predictions[(predictions["split"] == "test") & predictions["valence"].notna()]
-    pred = test[["valence_pred", "arousal_pred"]].to_numpy() / VA_SCALE
-    true = test[["valence", "arousal"]].to_numpy() / VA_SCALE
-    return evaluate_predictions(pred, true, test["clip_id"].to_numpy())
+    """Metrics over the labeled frames of the test split: pooled over frames (as ABAW) and averaged per clip;
+    and the smoothness of the predictions over all its frames."""
+    split = predictions[predictions["split"] == "test"]
+    test = split[split["valence"].notna()]
+    pred = test[PRED].to_numpy() / VA_SCALE
+    true = test[TRUE].to_numpy() / VA_SCALE
+    return {**evaluate_predictions(pred, true, test["clip_id"].to_numpy()), "smoothness": smoothness(split, PRED, TRUE)}
 
 
-def _labeled(clips: list[ClipFeatures]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([c.features[c.labeled] for c in clips])
-    y = np.concatenate([c.labels[c.labeled] for c in clips]) / VA_SCALE
-    return x, y
+def smoothness(table: pd.DataFrame, pred: list[str], true: list[str]) -> dict:
+    """How much predictions move from frame to frame against the labels: per dimension, the mean absolute
+    change between consecutive frames of a clip (on the -1..1 scale), and predictions / labels."""
+    table = table.sort_values(["clip_id", "frame"])
+    ids, frames = table["clip_id"].to_numpy(), table["frame"].to_numpy()
+    moved = mean_abs_change(table[pred].to_numpy(dtype=float) / VA_SCALE, ids, frames)
+    labels = mean_abs_change(table[true].to_numpy(dtype=float) / VA_SCALE, ids, frames)
+    return {dim: {"predictions": p, "labels": t, "ratio": p / t if t > 0 else float("nan")}
+            for dim, p, t in zip(DIMENSIONS, moved, labels, strict=True)}  # fmt: skip
 
 
-def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Closed-form ridge on standardised features; returns (mean, std, weights, intercept)."""
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
-    w = np.linalg.solve(z.T @ z + alpha * len(z) * np.eye(z.shape[1]), z.T @ (y - y.mean(0)))
-    return mu, sd, w, y.mean(0)
-
-
-def ridge_probe(train: list[ClipFeatures], val: list[ClipFeatures], test: list[ClipFeatures],
-                alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> dict:  # fmt: skip
-    """A per-frame linear probe on the same frozen features (alpha chosen on val mean CCC): the baseline
-    the temporal head must match. Returns its pooled test metrics and the chosen alpha."""
-    (xt, yt), (xv, yv), (xs, ys) = _labeled(train), _labeled(val), _labeled(test)
-
-    def predict(params, x):
-        mu, sd, w, b = params
-        return np.clip((x - mu) / sd @ w + b, -1, 1)
-
-    fits = {a: ridge_fit(xt, yt, a) for a in alphas}
-    scores = {a: va_metrics(predict(p, xv), yv)["mean_ccc"] for a, p in fits.items()}
-    alpha = max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])
-    return {"alpha": alpha, "val_mean_ccc": scores[alpha], "test": va_metrics(predict(fits[alpha], xs), ys)}
-
-
-def constant_baseline(train: list[ClipFeatures], test: list[ClipFeatures]) -> dict:
-    """Predicting the training mean for every frame (CCC 0 by construction; RMSE is the informative part)."""
-    (_, yt), (_, ys) = _labeled(train), _labeled(test)
-    return va_metrics(np.broadcast_to(yt.mean(0), ys.shape), ys)
+def baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[ClipFeatures]) -> dict:
+    """The constant, the ridge probe and the smoothed ridge probe on the frozen features, each with its test
+    metrics (every setting chosen on `val`) and, for the probes, their predictions' smoothness."""
+    out = {"constant": constant_baseline(train, test)}
+    for name, probe in ridge_baselines(train, val, test).items():
+        pred = probe.pop("test_predictions")
+        table = pd.DataFrame({"clip_id": np.concatenate([[c.clip_id] * len(c.frame_index) for c in test]),
+                              "frame": np.concatenate([c.frame_index for c in test]),
+                              "valence_pred": np.concatenate([p[:, 0] for p in pred]) * VA_SCALE,
+                              "arousal_pred": np.concatenate([p[:, 1] for p in pred]) * VA_SCALE,
+                              "valence": np.concatenate([c.valence for c in test]),
+                              "arousal": np.concatenate([c.arousal for c in test])})  # fmt: skip
+        out[name] = {**probe, "smoothness": smoothness(table, PRED, TRUE)}
+    return out
 
 
 def submission(predictions: pd.DataFrame) -> pd.DataFrame:

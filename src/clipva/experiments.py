@@ -30,8 +30,11 @@ def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
                 out[(view, dim, metric)] = metrics[view][dim][metric]
         out[(view, "mean", "mean_ccc")] = metrics[view]["mean_ccc"]
     baselines = metrics.get("baselines", {})
-    if "ridge_probe" in baselines:
-        out[("ridge_probe", "mean", "mean_ccc")] = baselines["ridge_probe"]["test"]["mean_ccc"]
+    for probe in ("ridge_probe", "smoothed_ridge_probe"):
+        if probe in baselines:
+            out[(probe, "mean", "mean_ccc")] = baselines[probe]["test"]["mean_ccc"]
+    for dim, moved in metrics.get("smoothness", {}).items():
+        out[("smoothness", dim, "change_ratio")] = moved["ratio"]
     if "constant" in baselines:
         out[("constant", "mean", "mean_ccc")] = baselines["constant"]["mean_ccc"]
     return out
@@ -72,6 +75,9 @@ def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
                 row[f"{metric}_{dim}"] = m["pooled"][dim][metric]
         row["per_clip_mean_ccc"] = m["per_clip"]["mean_ccc"]
         row["ridge_probe_mean_ccc"] = m["baselines"]["ridge_probe"]["test"]["mean_ccc"]
+        row["smoothed_ridge_probe_mean_ccc"] = m["baselines"]["smoothed_ridge_probe"]["test"]["mean_ccc"]
+        for dim in DIMENSIONS:
+            row[f"change_ratio_{dim}"] = m["smoothness"][dim]["ratio"]
         row["constant_mean_ccc"] = m["baselines"]["constant"]["mean_ccc"]
         row["best_epoch"] = m.get("best_epoch", {}).get("epoch", float("nan"))
         rows.append(row)

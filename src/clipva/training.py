@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clipva.backbones import CachedFeatures
+from clipva.baselines import RIDGE_ALPHAS, ridge_solutions
 from clipva.checkpoints import ResumeState
 from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
@@ -27,7 +28,6 @@ from clipva.windows import sample_window
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
-RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     torch.manual_seed(seed * 100_003 + epoch)
@@ -222,18 +222,13 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
     y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
     z = head.whiten(x.to(head.feature_mean.device)).double()
     target = torch.from_numpy(np.arctanh(np.clip(y, -0.95, 0.95))).to(z)
-    zm, tm = z.mean(0), target.mean(0)
-    gram = (z - zm).T @ (z - zm)
-    eye = torch.eye(len(gram), dtype=z.dtype, device=z.device)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     scores = {}
-    for alpha in alphas:
-        w = torch.linalg.solve(gram + alpha * len(z) * eye, (z - zm).T @ (target - tm))
+    for alpha, (w, b) in zip(alphas, ridge_solutions(z, target, alphas), strict=True):
         head.linear.weight.copy_(w.T)
-        head.linear.bias.copy_(tm - zm @ w)
-        scores[alpha] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(),
-                         (tm - zm @ w).clone())  # fmt: skip
+        head.linear.bias.copy_(b)
+        scores[alpha] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(), b.clone())
     alpha = max(scores, key=lambda a: scores[a][0])
     head.linear.weight.copy_(scores[alpha][1])
     head.linear.bias.copy_(scores[alpha][2])

@@ -1,0 +1,72 @@
+"""The baselines the temporal head is measured against: as strong as an honest competitor would make them,
+every setting chosen on validation, never on test."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipva.baselines import (
+    constant_baseline,
+    mean_abs_change,
+    moving_average,
+    ridge_baselines,
+    ridge_solutions,
+)
+from clipva.store import ClipFeatures
+
+
+def _clips(n, seed, dim=8, noise=0.5):
+    """Smooth labels read linearly from very noisy frames: smoothing the per-frame probe helps."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(7).normal(size=(2, dim))
+    clips = []
+    for k in range(n):
+        t = int(rng.integers(40, 80))
+        va = np.clip(np.cumsum(rng.normal(0, 0.4, (t, 2)), 0) + rng.uniform(-5, 5, 2), -10, 10)
+        x = va @ mix / 10 + rng.normal(0, noise, (t, dim))
+        valence, arousal = va[:, 0].astype(np.float32), va[:, 1].astype(np.float32)
+        valence[3] = arousal[3] = np.nan
+        clips.append(ClipFeatures(f"{seed}{k:03d}", x.astype(np.float32), np.arange(t), valence, arousal))
+    return clips
+
+
+def test_ridge_solutions_solve_the_normal_equations():
+    rng = np.random.default_rng(0)
+    z, y = torch.from_numpy(rng.normal(size=(200, 5))), torch.from_numpy(rng.normal(size=(200, 2)))
+    (w0, b0), (w1, b1) = ridge_solutions(z, y, (0.0, 1.0))
+    ols = np.linalg.lstsq(np.c_[z.numpy(), np.ones(200)], y.numpy(), rcond=None)[0]
+    assert np.allclose(w0.numpy(), ols[:5], atol=1e-8) and np.allclose(b0.numpy(), ols[5], atol=1e-8)
+    assert w1.norm() < w0.norm()  # shrunk
+
+
+def test_moving_average_is_centred_and_shrinks_at_the_edges():
+    x = np.arange(6, dtype=np.float32)[:, None]
+    assert moving_average(x, 1) is x
+    assert moving_average(x, 3)[:, 0].tolist() == [0.5, 1, 2, 3, 4, 4.5]
+    assert moving_average(x, 99)[:, 0].tolist() == [2.5] * 6
+
+
+def test_mean_abs_change_counts_consecutive_frames_of_one_clip_only():
+    values = np.array([[0.0], [1.0], [3.0], [10.0], [np.nan], [12.0], [13.0]])
+    clips = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    frames = np.array([1, 2, 3, 1, 2, 3, 5])  # frame 4 of b is missing: 3 -> 5 is no pair
+    assert mean_abs_change(values, clips, frames) == [pytest.approx(1.5)]  # (1 + 2) / 2
+
+
+def test_the_smoothed_probe_is_chosen_on_validation_and_beats_the_raw_one():
+    train, val, test = _clips(20, 0), _clips(6, 1), _clips(6, 2)
+    out = ridge_baselines(train, val, test)
+    raw, smooth = out["ridge_probe"], out["smoothed_ridge_probe"]
+    assert raw["window"] == 1 and smooth["window"] > 1
+    assert smooth["val_mean_ccc"] >= raw["val_mean_ccc"]
+    assert smooth["test"]["mean_ccc"] > raw["test"]["mean_ccc"] + 0.05
+    # nothing from the test split: the same choices whatever the test clips
+    other = ridge_baselines(train, val, _clips(6, 3))
+    assert (other["smoothed_ridge_probe"]["alpha"], other["smoothed_ridge_probe"]["window"]) == (
+        smooth["alpha"], smooth["window"])  # fmt: skip
+
+
+def test_the_constant_predicts_the_training_mean():
+    train, test = _clips(5, 0), _clips(3, 1)
+    out = constant_baseline(train, test)
+    assert out["valence"]["ccc"] == pytest.approx(0.0, abs=1e-12) and out["valence"]["rmse"] > 0
