@@ -19,7 +19,7 @@ from clipva.metrics import va_metrics
 from clipva.sequences import VA_SCALE
 from clipva.store import ClipFeatures
 
-RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+RIDGE_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 SMOOTHING_WINDOWS = (1, 3, 5, 9, 15, 25, 41, 65)  # frames; 1 is no smoothing
 
 
