@@ -91,8 +91,8 @@ def machine() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
         cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]  # words, not substrings
     except (OSError, StopIteration):
         isa = []
     try:
