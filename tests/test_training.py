@@ -192,15 +192,16 @@ def test_a_grad_scaler_steps_as_without_it_and_skips_overflowed_steps():
     assert torch.isfinite(skipped_first).all()  # the overflowed step was skipped, the next one taken
 
 
-@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled")
-def test_only_fp16_on_a_gpu_scales_gradients():
+def test_only_fp16_on_a_gpu_scales_gradients(monkeypatch):
     from clipva.backbones import AdaptedFrames, CachedFeatures
+
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)  # as on a GPU
 
     def scaler(device, dtype):
         fake = AdaptedFrames.__new__(AdaptedFrames)
         fake.device, fake.dtype = torch.device(device), dtype
         return fake.grad_scaler()
 
-    assert isinstance(scaler("cuda", torch.float16), torch.amp.GradScaler)
-    assert scaler("cuda", torch.bfloat16) is None and scaler("cpu", torch.bfloat16) is None
-    assert CachedFeatures().grad_scaler() is None
+    assert scaler("cuda", torch.float16).is_enabled()
+    assert not scaler("cuda", torch.bfloat16).is_enabled() and not scaler("cpu", torch.bfloat16).is_enabled()
+    assert not CachedFeatures().grad_scaler().is_enabled()

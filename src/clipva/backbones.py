@@ -39,8 +39,8 @@ class CachedFeatures:
     def train(self, mode: bool = True) -> None:
         pass
 
-    def grad_scaler(self) -> None:
-        return None
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cpu", enabled=False)
 
     def epoch_batches(self, clips: list[ClipFeatures], batches: list[list], epoch: int,
                       device: torch.device) -> Iterator[dict]:  # fmt: skip
@@ -112,11 +112,11 @@ class AdaptedFrames:
     def trainable(self) -> list[torch.nn.Parameter]:
         return trainable_parameters(self.visual)
 
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """fp16 activations underflow small adapter gradients: scale the loss (bf16 has fp32's range)."""
-        if self.device.type == "cuda" and self.dtype == torch.float16:
-            return torch.amp.GradScaler("cuda")
-        return None
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 activations underflow small adapter gradients: scale the loss (bf16 has fp32's range). Elsewhere
+        the scaler is disabled and steps as the optimizer alone."""
+        fp16_on_gpu = self.device.type == "cuda" and self.dtype == torch.float16
+        return torch.amp.GradScaler(self.device.type, enabled=fp16_on_gpu)
 
     def train(self, mode: bool = True) -> None:
         self.visual.train(mode)

@@ -69,23 +69,19 @@ class Accumulator:
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int, n_batches: int, scheduler=None,
                  scaler: torch.amp.GradScaler | None = None):  # fmt: skip
-        self.optimizer, self.every, self.n, self.scheduler, self.scaler = optimizer, every, n_batches, scheduler, scaler
+        """`scaler`: the backbone's loss scaler (a disabled one, the default, steps as the optimizer alone)."""
+        self.optimizer, self.every, self.n, self.scheduler = optimizer, every, n_batches, scheduler
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
         optimizer.zero_grad(set_to_none=True)
 
     def backward(self, i: int, loss: torch.Tensor) -> None:
         """Backpropagate the loss of batch `i`; step the optimizer when its group is complete."""
         first = i // self.every * self.every
         size = min(self.every, self.n - first)
-        if self.scaler is None:
-            (loss / size).backward()
-        else:
-            self.scaler.scale(loss / size).backward()
+        self.scaler.scale(loss / size).backward()
         if i + 1 == first + size:
-            if self.scaler is None:
-                self.optimizer.step()
-            else:
-                self.scaler.step(self.optimizer)  # skipped where fp16 gradients overflowed
-                self.scaler.update()
+            self.scaler.step(self.optimizer)  # skipped where fp16 gradients overflowed
+            self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -98,15 +94,6 @@ class PretrainModel(nn.Module):
         super().__init__()
         self.head = head
         self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
-
-
-def _scaler_state(scaler: torch.amp.GradScaler | None) -> dict:
-    return {} if scaler is None else {"scaler": scaler.state_dict()}
-
-
-def _load_scaler(scaler: torch.amp.GradScaler | None, state: dict) -> None:
-    if scaler is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
 
 
 def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -140,7 +127,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         model.load_state_dict(state["model"])
         backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
-        _load_scaler(scaler, state)
+        scaler.load_state_dict(state.get("scaler", {}))  # {}: a state saved before loss scaling existed
         history, start = state["history"], state["epoch"] + 1
         log.info("pretrain: resuming after epoch %d", state["epoch"])
     length = window["window"]
@@ -191,7 +178,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
                  cfg["epochs"], record["loss"], record["vision_language"], record["temporal"])  # fmt: skip
         if resume:
             resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                         "backbone": backbone.state_dict(), "epoch": epoch, **_scaler_state(scaler)})  # fmt: skip
+                         "backbone": backbone.state_dict(), "epoch": epoch, "scaler": scaler.state_dict()})  # fmt: skip
     return model.head.cpu(), history
 
 
@@ -266,7 +253,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
         backbone.load_state_dict(state["backbone"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _load_scaler(scaler, state)
+        scaler.load_state_dict(state.get("scaler", {}))  # {}: a state saved before loss scaling existed
         history, best, best_state, bad_epochs = state["history"], state["best"], state["best_state"], state["bad"]
         best_backbone = state["best_backbone"]
         start = state["epoch"] + 1
@@ -307,7 +294,7 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
                          "scheduler": scheduler.state_dict(), "history": history, "best": best,
                          "best_state": best_state, "bad": bad_epochs, "epoch": epoch,
                          "backbone": backbone.state_dict(), "best_backbone": best_backbone,
-                         **_scaler_state(scaler)})  # fmt: skip
+                         "scaler": scaler.state_dict()})  # fmt: skip
     head.load_state_dict(best_state)
     backbone.load_state_dict(best_backbone)
     return head.cpu(), history, best
