@@ -16,20 +16,20 @@ PRED, TRUE = ["valence_pred", "arousal_pred"], ["valence", "arousal"]
 def metrics_on_test_split(predictions: pd.DataFrame) -> dict:
     """Metrics over the labeled frames of the test split: pooled over frames (as ABAW) and averaged per clip;
     and the smoothness of the predictions over all its frames."""
-    split = predictions[predictions["split"] == "test"]
+    split = predictions[predictions["split"] == "test"].sort_values(["clip_id", "frame"])
     test = split[split["valence"].notna()]
     pred = test[PRED].to_numpy() / VA_SCALE
     true = test[TRUE].to_numpy() / VA_SCALE
-    return {**evaluate_predictions(pred, true, test["clip_id"].to_numpy()), "smoothness": smoothness(split, PRED, TRUE)}
+    moved = smoothness(split[PRED].to_numpy(dtype=float) / VA_SCALE, split[TRUE].to_numpy(dtype=float) / VA_SCALE,
+                       split["clip_id"].to_numpy(), split["frame"].to_numpy())  # fmt: skip
+    return {**evaluate_predictions(pred, true, test["clip_id"].to_numpy()), "smoothness": moved}
 
 
-def smoothness(table: pd.DataFrame, pred: list[str], true: list[str]) -> dict:
+def smoothness(pred: np.ndarray, true: np.ndarray, clip_ids: np.ndarray, frames: np.ndarray) -> dict:
     """How much predictions move from frame to frame against the labels: per dimension, the mean absolute
-    change between consecutive frames of a clip (on the -1..1 scale), and predictions / labels."""
-    table = table.sort_values(["clip_id", "frame"])
-    ids, frames = table["clip_id"].to_numpy(), table["frame"].to_numpy()
-    moved = mean_abs_change(table[pred].to_numpy(dtype=float) / VA_SCALE, ids, frames)
-    labels = mean_abs_change(table[true].to_numpy(dtype=float) / VA_SCALE, ids, frames)
+    change between consecutive frames of a clip (-1..1 scale; rows sorted by clip, then frame), and
+    predictions / labels."""
+    moved, labels = mean_abs_change(pred, clip_ids, frames), mean_abs_change(true, clip_ids, frames)
     return {dim: {"predictions": p, "labels": t, "ratio": p / t if t > 0 else float("nan")}
             for dim, p, t in zip(DIMENSIONS, moved, labels, strict=True)}  # fmt: skip
 
@@ -38,15 +38,12 @@ def baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[Cli
     """The constant, the ridge probe and the smoothed ridge probe on the frozen features, each with its test
     metrics (every setting chosen on `val`) and, for the probes, their predictions' smoothness."""
     out = {"constant": constant_baseline(train, test)}
+    ids = np.concatenate([[c.clip_id] * len(c.frame_index) for c in test])
+    frames = np.concatenate([c.frame_index for c in test])  # each clip's frames are stored in order
+    true = np.concatenate([c.labels for c in test]).astype(float) / VA_SCALE
     for name, probe in ridge_baselines(train, val, test).items():
-        pred = probe.pop("test_predictions")
-        table = pd.DataFrame({"clip_id": np.concatenate([[c.clip_id] * len(c.frame_index) for c in test]),
-                              "frame": np.concatenate([c.frame_index for c in test]),
-                              "valence_pred": np.concatenate([p[:, 0] for p in pred]) * VA_SCALE,
-                              "arousal_pred": np.concatenate([p[:, 1] for p in pred]) * VA_SCALE,
-                              "valence": np.concatenate([c.valence for c in test]),
-                              "arousal": np.concatenate([c.arousal for c in test])})  # fmt: skip
-        out[name] = {**probe, "smoothness": smoothness(table, PRED, TRUE)}
+        pred = np.concatenate(probe.pop("test_predictions"))
+        out[name] = {**probe, "smoothness": smoothness(pred, true, ids, frames)}
     return out
 
 
