@@ -1,7 +1,10 @@
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,43 @@ def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, chec
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def session_pids(sid: int) -> list[int]:
+    """PIDs of the processes of session `sid` (snakemake and its jobs), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: the session id
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_when(cmd: list[str], ready, what: str, timeout: float = 300) -> None:
+    """Start snakemake and SIGKILL, as soon as ready() holds (it must, before the end), either its running
+    job ("job": as a cluster node failure or the OOM killer would; snakemake sees it fail and exits) or
+    snakemake with all its jobs ("all": as a power loss would)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    end = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before the moment it was to be killed"
+            assert time.monotonic() < end, "timed out waiting for the moment to kill"
+            time.sleep(0.02)
+        if what == "all":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            for pid in session_pids(proc.pid):
+                if pid != proc.pid:
+                    os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def pytest_collection_modifyitems(config, items):

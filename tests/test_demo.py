@@ -73,14 +73,43 @@ def test_values_in_range_and_landmarks_inside_frame(demo):
     assert n == summary["n_labelled_frames"] > 300
 
 
-def test_labels_are_smooth_and_cover_the_range(demo):
+def _trajectories(root: Path) -> list[np.ndarray]:
+    return [np.array([[a["valence"], a["arousal"]] for _, a in sorted(doc["frames"].items())])
+            for _, doc, _ in _clips(root) if doc["frames"]]
+
+
+def _within_share(per_clip: list[np.ndarray]) -> np.ndarray:
+    """Share of the label variance that lies within clips, per dimension."""
+    return np.mean([c.var(0) * len(c) for c in per_clip], 0) / np.concatenate(per_clip).var(0) / np.mean(
+        [len(c) for c in per_clip])
+
+
+def test_labels_cover_the_range_and_move_within_clips(demo):
     root, _ = demo
-    per_clip = [np.array([[a["valence"], a["arousal"]] for _, a in sorted(doc["frames"].items())])
-                for _, doc, _ in _clips(root) if doc["frames"]]
+    per_clip = _trajectories(root)
     va = np.concatenate(per_clip)
-    assert (va.std(0) > 3.5).all() and (va.min(0) <= -7).all() and (va.max(0) >= 7).all()
+    assert (va.std(0) > 3).all() and (va.min(0) <= -6).all() and (va.max(0) >= 6).all()
+    assert (_within_share(per_clip) > 0.2).all()  # a temporal model has something to track within a clip
     steps = np.abs(np.concatenate([np.diff(c, axis=0) for c in per_clip]))
     assert steps.max() <= 3 and steps.mean() < 1.0
+
+
+def test_dynamics_are_configurable(tmp_path):
+    def labels(**dynamics):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        make_demo(root, n_clips=16, n_actors=2, min_frames=30, max_frames=40, frame_sizes=((48, 40),),
+                  unlabeled_clips=0, dynamics=dynamics)
+        return _trajectories(root)
+
+    still = labels(movement=0, jumps=0)
+    assert all((c == c[0]).all() for c in still) and np.concatenate(still).std() > 2
+    calm, lively = labels(movement=1), labels(movement=6)
+    assert (_within_share(lively) > _within_share(calm) + 0.2).all()
+    jumpy = labels(movement=3, period=1000, jumps=10)
+    steps = np.abs(np.concatenate([np.diff(c, axis=0) for c in jumpy]))
+    assert steps.max() >= 4 and (steps == 0).mean() > 0.5  # steps, not drift
+    with pytest.raises(ValueError, match="period > 0"):
+        make_demo(tmp_path / "bad", n_clips=1, dynamics={"period": 0})
 
 
 def test_clip_lengths_sizes_and_actor_identity(demo):

@@ -8,14 +8,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
 import pytest
-from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
+from conftest import REPO, SNAKEMAKE, kill_when, run_snakemake, write_config
 
 from clipva.demo import make_demo
 
@@ -26,43 +24,6 @@ def _command(workdir: Path, *args: str, overrides: dict | None = None) -> list[s
     config = write_config(workdir, overrides)
     return [SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
             "--configfile", str(config)]  # fmt: skip
-
-
-def _session(sid: int) -> list[int]:
-    """PIDs of the processes of session `sid` (snakemake and its jobs), from /proc."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # field 6 of stat: the session id
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_when(cmd: list[str], ready, what: str, timeout: float = 300) -> None:
-    """Start snakemake and SIGKILL, as soon as ready() holds (it must, before the end), either its running
-    job ("job": as a cluster node failure or the OOM killer would; snakemake sees it fail and exits) or
-    snakemake with all its jobs ("all": as a power loss would)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    end = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before the moment it was to be killed"
-            assert time.monotonic() < end, "timed out waiting for the moment to kill"
-            time.sleep(0.02)
-        if what == "all":
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            for pid in _session(proc.pid):
-                if pid != proc.pid:
-                    os.kill(pid, signal.SIGKILL)
-        assert proc.wait(timeout=120) != 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _again(workdir: Path, what: str, overrides: dict | None = None) -> None:
@@ -102,7 +63,7 @@ def test_killed_extraction_reruns_to_the_same_store(features_ready, tmp_path):
     def writing() -> bool:
         return any(shards.glob(".*.tmp-*.h5"))
 
-    _kill_when(_command(tmp_path, "features"), writing, "job")
+    kill_when(_command(tmp_path, "features"), writing, "job")
     assert not (shards / "0-of-1.h5").exists()  # never under its final name while half-written
     assert any(shards.glob(".*.tmp-*.h5"))  # the killed writer's temporary
     run_snakemake(tmp_path, "features")  # the same command again
@@ -128,7 +89,7 @@ def test_killed_finetuning_resumes_to_the_same_metrics(features_ready, tmp_path,
     run_snakemake(reference, overrides=overrides)
 
     state = killed / f"results/runs/{run}/.state/finetune.pt"
-    _kill_when(_command(killed, overrides=overrides), state.exists, what)  # right after the first epoch's save
+    kill_when(_command(killed, overrides=overrides), state.exists, what)  # right after the first epoch's save
     assert not (killed / f"results/runs/{run}/finetune/best.pt").exists()
     _again(killed, what, overrides)
     assert "finetune: resuming after epoch" in (killed / f"logs/runs/{run}/finetune.log").read_text()

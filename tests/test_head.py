@@ -1,30 +1,41 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
-from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
+from clipva.head import HEAD_TYPES, HeadConfig, TemporalHead, frame_feature_augment, gaussian_smooth
 
 CFG = HeadConfig(in_dim=24, d_model=32, depth=2, heads=4, dropout=0.1, max_len=40, embed_dim=16)
 
 
-def _head(cfg: HeadConfig = CFG) -> TemporalHead:
+@pytest.fixture(params=HEAD_TYPES)
+def head_type(request) -> str:
+    return request.param
+
+
+def _head(cfg: HeadConfig = CFG, head_type: str = "transformer") -> TemporalHead:
     torch.manual_seed(0)
-    return TemporalHead(cfg)
+    head = TemporalHead(replace(cfg, type=head_type))
+    with torch.no_grad():  # a readout that is not zero, as after fine-tuning's ridge start
+        head.linear.weight.normal_(0, 0.3)
+    return head
 
 
-def test_shapes_and_ranges():
-    head = _head()
+def test_shapes_and_ranges(head_type):
+    head = _head(head_type=head_type)
     x = 5 * torch.randn(3, 17, CFG.in_dim)
     va, pooled = head(x)
     assert va.shape == (3, 17, 2) and pooled.shape == (3, CFG.embed_dim)
-    assert va.abs().max() <= 1 and torch.isfinite(pooled).all()
+    assert torch.isfinite(va).all() and torch.isfinite(pooled).all() and va.abs().max() > 1  # linear output
+    bounded = TemporalHead(replace(CFG, type=head_type, output="tanh"))
+    bounded.load_state_dict(head.state_dict())
+    assert bounded(x)[0].abs().max() <= 1
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_padding_invariance(grad):
-    head = _head().eval()
+def test_padding_invariance(grad, head_type):
+    head = _head(head_type=head_type).eval()
     x = torch.randn(2, 12, CFG.in_dim)
     with torch.set_grad_enabled(grad):
         va, pooled = head(x)
@@ -35,8 +46,8 @@ def test_padding_invariance(grad):
     torch.testing.assert_close(pooled_p, pooled, atol=1e-5, rtol=1e-5)
 
 
-def test_ragged_batch_matches_single_sequences():
-    head = _head().eval()
+def test_ragged_batch_matches_single_sequences(head_type):
+    head = _head(head_type=head_type).eval()
     lens = [5, 11, 8]
     xs = [torch.randn(n, CFG.in_dim) for n in lens]
     x = torch.zeros(3, 11, CFG.in_dim)
@@ -51,8 +62,8 @@ def test_ragged_batch_matches_single_sequences():
             torch.testing.assert_close(pooled[i], pooled_i[0], atol=1e-5, rtol=1e-5)
 
 
-def test_masked_frames_do_not_change_pooled():
-    head = _head().eval()
+def test_masked_frames_do_not_change_pooled(head_type):
+    head = _head(head_type=head_type).eval()
     x = torch.randn(2, 10, CFG.in_dim)
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[:, [2, 7]] = False
@@ -71,8 +82,8 @@ def test_too_long_window_errors():
         head(torch.randn(1, CFG.max_len + 1, CFG.in_dim))
 
 
-def test_gradients_reach_all_parameters():
-    head = _head().train()
+def test_gradients_reach_all_parameters(head_type):
+    head = _head(head_type=head_type).train()
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 6:] = False
     va, pooled = head(torch.randn(2, 9, CFG.in_dim), mask)
@@ -92,9 +103,10 @@ def test_config_asdict_round_trip():
     torch.testing.assert_close(a(x)[0], b(x)[0])
 
 
-def test_overfits_neighbour_dependent_targets():
+@pytest.mark.parametrize("head_type", [t for t in HEAD_TYPES if t != "none"])
+def test_overfits_neighbour_dependent_targets(head_type):
     torch.manual_seed(0)
-    cfg = HeadConfig(in_dim=8, d_model=32, depth=2, heads=4, dropout=0.0, max_len=32, embed_dim=8)
+    cfg = HeadConfig(in_dim=8, d_model=32, depth=2, heads=4, dropout=0.0, max_len=32, embed_dim=8, type=head_type)
     head = TemporalHead(cfg)
     x = torch.randn(16, 24, cfg.in_dim)
     prev, nxt = torch.roll(x, 1, dims=1), torch.roll(x, -1, dims=1)  # neighbouring frames (circular)
@@ -130,3 +142,24 @@ def test_frame_feature_augment():
         frame_feature_augment(x, -1.0, 0.0)
     with pytest.raises(ValueError):
         frame_feature_augment(x, 0.0, 1.5)
+
+
+def test_gaussian_smoothing_is_a_masked_weighted_mean():
+    v = torch.randn(2, 15, 2)
+    mask = torch.ones(2, 15, dtype=torch.bool)
+    mask[1, 10:] = False
+    sharp = gaussian_smooth(v, mask, torch.tensor([1e-3, 1e-3]))
+    torch.testing.assert_close(sharp[mask], v[mask])  # a tiny width leaves the values alone
+    flat = gaussian_smooth(v, mask, torch.tensor([1e4, 1e4]))
+    torch.testing.assert_close(flat[0], v[0].mean(0).expand(15, 2))  # a huge one gives the window's mean
+    torch.testing.assert_close(flat[1, :10], v[1, :10].mean(0).expand(10, 2))  # of its real frames only
+    mid = gaussian_smooth(v, mask, torch.tensor([2.0, 0.5]))
+    change = lambda a: (a[0, 1:] - a[0, :-1]).abs().mean(0)  # noqa: E731
+    assert (change(mid) < change(v)).all() and change(mid)[0] < change(mid)[1]  # wider: smoother
+
+
+def test_unknown_type_or_output_is_refused():
+    with pytest.raises(ValueError, match="head type 'lstm'"):
+        TemporalHead(replace(CFG, type="lstm"))
+    with pytest.raises(ValueError, match="output"):
+        TemporalHead(replace(CFG, output="relu"))

@@ -102,20 +102,21 @@ def test_the_prompts_are_not_encoded_with_the_training_code():
 
 # --- end to end: every module of the copy edited in turn, and the dry run compared with the expectation
 
-TARGETS = ("all", "cv", "compare", "predict", "results/videos/afew-va")
-AGGREGATES = {"all", "cv", "compare", "predict"}  # rules without a script: planned when an input is remade
+TARGETS = ("all", "cv", "compare", "predict", "tune", "results/videos/afew-va")
+AGGREGATES = {"all", "cv", "compare", "predict", "tune"}  # rules without a script: planned when an input is remade
 RUNS = {"pretrain", "finetune", "evaluate"}
+TUNE = {"tune_worker", "tune_summary"}  # clipva.tune fine-tunes heads: the closure of finetune
 EVERY_SCRIPT = set(scripts_of_rules())
 # The rules whose scripts import a module (directly or not), checked by hand against the imports.
 DIRECT = {
-    "windows": RUNS | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
+    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
     "demo": {"demo", "convert_videos"},  # annotated_videos writes clips with demo.write_clip
-    "afew": RUNS | {"index", "split", "cv_split", "extract_features", "convert_videos"},  # backbones: in a function
+    "afew": RUNS | TUNE | {"index", "split", "cv_split", "extract_features", "convert_videos"},  # backbones: lazily
     "video": {"convert_videos", "predict_video", "export_model"},  # predict imports it in a function
-    "training": {"pretrain", "finetune"},  # not text_embeddings: the prompts are in clipva.prompts
-    "prompts": {"text_embeddings", "pretrain", "finetune"},
-    "lora": RUNS | {"export_model", "predict_video"},  # frozen runs too: their scripts import it
-    "store": RUNS | {"extract_features", "merge_features", "submission", "cv_summary", "compare_runs",
+    "training": {"pretrain", "finetune"} | TUNE,  # not text_embeddings: the prompts are in clipva.prompts
+    "prompts": {"text_embeddings", "pretrain", "finetune"} | TUNE,
+    "lora": RUNS | TUNE | {"export_model", "predict_video"},  # frozen runs too: their scripts import it
+    "store": RUNS | TUNE | {"extract_features", "merge_features", "submission", "cv_summary", "compare_runs",
                      "export_model", "predict_video"},  # fmt: skip
     "atomic": EVERY_SCRIPT,
     "__init__": EVERY_SCRIPT,  # importing clipva.x runs clipva/__init__.py
@@ -124,7 +125,7 @@ DIRECT = {
 }
 # ... and all that is planned then, dependants included.
 PLANNED = {
-    "training": RUNS | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
+    "training": RUNS | TUNE | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
     | AGGREGATES,
     "demo": EVERY_SCRIPT - {"text_embeddings", "resolved_config"} | AGGREGATES,
     "cli": set(),
@@ -182,7 +183,8 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(tmp_p
     pd.DataFrame({"frame": range(n), "valence": 1.0, "arousal": -2.0}).to_csv(work / "demo/annotated.csv", index=False)
     (work / "videos").mkdir()
     _video(sorted(second.glob("*.png")), work / "videos/own.mp4")
-    overrides = {"split": {"folds": 3}, "predict": {"videos": str(work / "videos")}}
+    overrides = {"split": {"folds": 3}, "predict": {"videos": str(work / "videos")},
+                 "tune": {"trials": 2, "folds": 2}}
 
     def snakemake(copy: Path, *args: str):
         return run_snakemake(work, *args, *TARGETS, overrides=overrides, snakefile=copy / "Snakefile")

@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from clipva.head import HeadConfig, TemporalHead
 from clipva.prompts import emotion_bins, emotion_prompts
 from clipva.sequences import predict_clip
 from clipva.store import ClipFeatures
-from clipva.training import finetune, pretrain, validation_ccc
+from clipva.training import finetune, init_linear_from_ridge, pretrain, validation_ccc
 
 WINDOW = {"window": 12, "stride": 6}
 PRETRAIN = {"epochs": 2, "objectives": ["vision_language", "temporal"], "batch_size": 8, "lr": 1e-3,
@@ -64,6 +66,40 @@ def test_pretraining_learns_and_finetuning_beats_the_ridge_probe(data):
     probe = ridge_baselines(data["train"], data["val"], data["test"])["ridge_probe"]["test"]["mean_ccc"]
     constant = constant_baseline(data["train"], data["test"])["mean_ccc"]
     assert test["mean"] > 0.7 and test["mean"] > probe and abs(constant) < 1e-9  # 0.89 vs 0.84 when written
+
+
+def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data):
+    """The defaults' head (linear readout from the ridge fit, transformer correction, learned smoothing)."""
+    cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, input_dropout=0.3, whitening_eps=10.0)
+    head = TemporalHead(cfg)
+    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in data["train"]])))
+    start = init_linear_from_ridge(head, data["train"], data["val"], WINDOW)
+    assert start["sigma"] >= 1  # noisy frames of labels that move slowly: the start already smooths
+    assert start["val_mean_ccc"] == pytest.approx(validation_ccc(head, data["val"], WINDOW)["mean"])
+    tuned, _, best = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 15})
+    assert best["val_mean_ccc"] >= start["val_mean_ccc"]
+    test = data["test"]
+    smoothed = ridge_baselines(data["train"], data["val"], test)["smoothed_ridge_probe"]
+    pred = [predict_clip(tuned, c.features, WINDOW["window"], WINDOW["stride"]) for c in test]
+    assert validation_ccc(tuned, test, WINDOW)["mean"] > smoothed["test"]["mean_ccc"] + 0.01
+    change = lambda v: np.nanmean(np.abs(np.diff(v, axis=0)))  # noqa: E731
+    ratio = np.mean([change(p) for p in pred]) / np.mean([change(c.labels) / 10 for c in test])
+    assert 0.5 < ratio < 1.5, ratio
+
+
+def test_a_head_saved_before_smoothing_existed_loads_as_it_was(tmp_path):
+    """Older checkpoints hold neither the encoder type, the smoothing nor the output in their config: they
+    were tanh transformers, and must predict as such rather than take today's defaults."""
+    old = TemporalHead(HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, smoothing=False,
+                                  output="tanh"))  # fmt: skip
+    torch.nn.init.normal_(old.linear.weight, 0, 3.0)
+    config = {k: v for k, v in asdict(old.cfg).items() if k not in ("type", "smoothing", "output")}
+    state = {k: v for k, v in old.state_dict().items() if k != "log_sigma"}
+    torch.save({"head_config": config, "window": WINDOW, "state_dict": state}, tmp_path / "old.pt")
+    loaded, _ = load_head(tmp_path / "old.pt")
+    x = torch.randn(1, 10, 16)
+    assert loaded.cfg.output == "tanh" and not loaded.cfg.smoothing
+    assert torch.equal(old.eval()(x)[0], loaded.eval()(x)[0]) and loaded(x)[0].abs().max() <= 1
 
 
 def test_zero_pretraining_epochs_return_an_initialised_head(data):

@@ -18,7 +18,8 @@ def _temporary(path: Path, pid: int | str) -> Path:
     return path.with_name(f".{path.stem}.tmp-{pid}{path.suffix}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with this id exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -34,7 +35,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(glob.escape(_temporary(path, "*").name).replace("[*]", "*")):
         pid = tmp.name[len(f".{path.stem}.tmp-") : len(tmp.name) - len(path.suffix)]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -34,8 +34,13 @@ def save_head(path: str | Path, head: TemporalHead, window: dict, **extra) -> No
 
 def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[TemporalHead, dict]:
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    head = TemporalHead(HeadConfig(**ckpt["head_config"])).to(device)
-    head.load_state_dict(ckpt["state_dict"])
+    # heads saved before the encoder types, the smoothing and the linear output existed were tanh transformers
+    cfg = {"type": "transformer", "smoothing": False, "output": "tanh", **ckpt["head_config"]}
+    head = TemporalHead(HeadConfig(**cfg)).to(device)
+    state = ckpt["state_dict"]
+    if "log_sigma" not in state:
+        state = {**state, "log_sigma": head.log_sigma.detach()}
+    head.load_state_dict(state)
     return head, ckpt
 
 

@@ -133,9 +133,34 @@ def _wave(rng: np.random.Generator, n: int, amplitude: float, periods: tuple[flo
     return amplitude * (w * np.sin(2 * np.pi * t / p + ph)).sum(1)
 
 
-def _labels(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Smooth integer trajectory in -10..10: random clip mean plus 3 slow sinusoids."""
-    y = rng.uniform(-7.5, 7.5) + _wave(rng, n, rng.uniform(2.0, 6.0), (15.0, 70.0), k=3)
+@dataclass(frozen=True)
+class Dynamics:
+    """How labels move, on the -10..10 scale: each clip has a level drawn uniformly in -level..level, smooth
+    movement around it (3 sinusoids, overall amplitude drawn in 0.5..1.5 x `movement`, periods drawn
+    log-uniformly in period/2..2 x period frames) and step changes (Poisson, `jumps` per 100 frames, sizes
+    normal with sd `movement`) as annotators make when an expression sets in."""
+
+    level: float = 5.0
+    movement: float = 5.0
+    period: float = 30.0
+    jumps: float = 0.0
+
+    def __post_init__(self):
+        if self.level < 0 or self.movement < 0 or self.period <= 0 or self.jumps < 0:
+            raise ValueError(f"demo dynamics need level, movement, jumps >= 0 and period > 0, got {self}")
+
+
+def _labels(rng: np.random.Generator, n: int, dynamics: Dynamics) -> np.ndarray:
+    """Integer trajectory in -10..10 of one dimension of one clip."""
+    d = dynamics
+    t = np.arange(n)[:, None]
+    w = rng.dirichlet(np.ones(3))
+    periods = d.period * np.exp(rng.uniform(np.log(0.5), np.log(2.0), 3))
+    smooth = (w * np.sin(2 * np.pi * t / periods + rng.uniform(0, 2 * np.pi, 3))).sum(1)
+    y = rng.uniform(-d.level, d.level) + rng.uniform(0.5, 1.5) * d.movement * smooth
+    steps = rng.poisson(d.jumps / 100, n)
+    steps[0] = 0
+    y = y + np.cumsum(steps * rng.normal(0, d.movement, n))
     return np.clip(np.round(y), -10, 10).astype(int)
 
 
@@ -211,12 +236,12 @@ def write_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | M
 
 
 def _render_clip(seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], min_frames: int,
-                 max_frames: int) -> tuple[list[Image.Image], dict[int, dict]]:
-    """Frames and annotations of one clip; depends only on (seed, clip_id, actor, size, frame range)."""
+                 max_frames: int, dynamics: Dynamics) -> tuple[list[Image.Image], dict[int, dict]]:
+    """Frames and annotations of one clip; depends only on its arguments."""
     rng = np.random.default_rng((seed, _STREAM_CLIP, clip_id))
     width, height = size
     n = int(rng.integers(min_frames, max_frames + 1))
-    valence, arousal = _labels(rng, n), _labels(rng, n)
+    valence, arousal = _labels(rng, n, dynamics), _labels(rng, n, dynamics)
     bg = _background(rng, width, height)
     shirt = _rgb(rng.uniform(30, 220) + rng.normal(0, 30, 3))
     scale = height / 2 * (rng.uniform(0.42, 0.6) + _wave(rng, n, 0.06, (40.0, 120.0)))  # head = 2*scale px
@@ -255,17 +280,20 @@ def _render_clip(seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], 
 
 def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames: int = 20, max_frames: int = 50,
               frame_sizes: Sequence[tuple[int, int]] = ((160, 128), (192, 144)), unlabeled_clips: int = 1,
-              seed: int = 0) -> dict:
+              seed: int = 0, dynamics: Dynamics | Mapping | None = None) -> dict:
     """Write a synthetic AFEW-VA-style data set under `root`; same arguments give byte-identical files.
 
-    `frame_sizes` are (width, height). Injected quirks (listed in the result's "quirks"): one frame PNG
-    without an annotation entry, one annotation entry without its PNG (the clip's last frame), and the last
-    `unlabeled_clips` clips with ``"frames": {}``. Clip k draws from its own generator, so it does not depend
-    on how many clips are made (its actor and frame size do). Files of earlier runs are not removed. Returns
+    `frame_sizes` are (width, height); `dynamics` (a Dynamics or its fields) sets how labels move. Injected
+    quirks (listed in the result's "quirks"): one frame PNG without an annotation entry, one annotation entry
+    without its PNG (the clip's last frame), and the last `unlabeled_clips` clips with ``"frames": {}``. Clip
+    k draws from its own generator, so it does not depend on how many clips are made (its actor and frame
+    size do). Files of earlier runs are not removed. Returns
     {"root", "n_clips", "n_frames" (PNGs written), "n_labelled_frames" (PNG and label), "n_actors", "quirks"}.
     """
     if not (1 <= min_frames <= max_frames) or n_clips < 0 or n_actors < 1 or not frame_sizes:
         raise ValueError("need 1 <= min_frames <= max_frames, n_clips >= 0, n_actors >= 1, frame_sizes")
+    if not isinstance(dynamics, Dynamics):
+        dynamics = Dynamics(**(dynamics or {}))
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -280,7 +308,7 @@ def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames
     for k in range(n_clips):
         clip_id = k + 1
         frames, annotations = _render_clip(seed, clip_id, actors[actor_of[k]], tuple(frame_sizes[size_of[k]]),
-                                           min_frames, max_frames)
+                                           min_frames, max_frames, dynamics)
         name = f"{clip_id:03d}"
         if clip_id > n_labelled:
             annotations = {}

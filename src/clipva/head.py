@@ -1,4 +1,9 @@
-"""Temporal transformer head: CLIP frame features -> per-frame valence/arousal and a pooled clip embedding."""
+"""Temporal head: CLIP frame features -> per-frame valence/arousal and a pooled clip embedding.
+
+Per frame, a linear readout of the whitened features (started from a ridge fit) plus a correction from a
+temporal encoder (transformer, temporal convolution or bidirectional GRU); then a learned Gaussian smoothing
+over time, so that the curves move as much as the labels do and no more.
+"""
 
 import math
 from dataclasses import dataclass
@@ -19,6 +24,9 @@ class HeadConfig:
     embed_dim: int = 128  # width of the pooled clip embedding used by contrastive pretraining
     input_dropout: float = 0.0  # dropout on the whitened frame features
     whitening_eps: float = 1.0  # shrinkage of the whitening, as a fraction of the mean feature variance
+    type: str = "transformer"  # temporal encoder: transformer | conv | gru | none (the readout alone)
+    smoothing: bool = True  # learned Gaussian smoothing of the per-frame outputs over time
+    output: str = "linear"  # linear (clamped to -1..1 when predicting) | tanh
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
@@ -47,18 +55,13 @@ class TemporalHead(nn.Module):
         self.in_proj = nn.Linear(cfg.in_dim, cfg.d_model)
         self.register_buffer("pe", sinusoidal_encoding(cfg.max_len, cfg.d_model), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                cfg.d_model,
-                cfg.heads,
-                dim_feedforward=4 * cfg.d_model,
-                dropout=cfg.dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(cfg.depth)
-        )
+        if cfg.type not in HEAD_TYPES:
+            raise ValueError(f"head type {cfg.type!r} is not one of {', '.join(HEAD_TYPES)}")
+        if cfg.output not in ("tanh", "linear"):
+            raise ValueError(f"head output {cfg.output!r} is not tanh or linear")
+        self.layers = nn.ModuleList(_encoder_layer(cfg, i) for i in range(cfg.depth if cfg.type != "none" else 0))
+        # log of the smoothing's standard deviation in frames, per output; set by fine-tuning's start
+        self.log_sigma = nn.Parameter(torch.zeros(2), requires_grad=cfg.smoothing)
         self.out_norm = nn.LayerNorm(cfg.d_model)
         self.va = nn.Linear(cfg.d_model, 2)
         # A per-frame linear path from the whitened features, zero until fine-tuning starts it from a ridge
@@ -87,7 +90,7 @@ class TemporalHead(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x (B, T, in_dim) frame features, mask (B, T) bool, True = a real frame (False = padding).
-        Returns (va (B, T, 2) per-frame valence/arousal in [-1, 1] (tanh), pooled (B, embed_dim))."""
+        Returns (va (B, T, 2) per-frame valence/arousal (in [-1, 1] under a tanh output), pooled (B, embed_dim))."""
         B, T, _ = x.shape
         if T > self.cfg.max_len:
             raise ValueError(
@@ -97,14 +100,78 @@ class TemporalHead(nn.Module):
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
         mask = mask.bool()
         x = self.in_drop(self.whiten(x))
-        h = self.drop(self.in_proj(self.in_norm(x)) + self.pe[:T])
+        h = self.in_proj(self.in_norm(x))
+        h = self.drop(h + self.pe[:T] if self.cfg.type == "transformer" else h)
         for layer in self.layers:
-            h = layer(h, src_key_padding_mask=~mask)
+            h = layer(h, ~mask) if self.cfg.type != "transformer" else layer(h, src_key_padding_mask=~mask)
         h = self.out_norm(h)
-        va = torch.tanh(self.va(h) + self.linear(x))
+        va = self.va(h) + self.linear(x)
+        if self.cfg.smoothing:
+            va = gaussian_smooth(va, mask, self.log_sigma.exp())
+        va = torch.tanh(va) if self.cfg.output == "tanh" else va
         # where() rather than multiply, so non-finite values at padded frames cannot leak into the mean
         mean = torch.where(mask.unsqueeze(-1), h, 0.0).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return va, self.pool_proj(mean)
+
+
+HEAD_TYPES = ("transformer", "conv", "gru", "none")
+
+
+def gaussian_smooth(v: Tensor, mask: Tensor, sigma: Tensor) -> Tensor:
+    """(B, T, K) values smoothed over time with a Gaussian of std sigma (K,) frames, within the real frames of
+    each window (mask (B, T)): the weights renormalise at window edges and padding contributes nothing."""
+    t = torch.arange(v.shape[1], device=v.device, dtype=torch.float32)
+    d2 = (t[:, None] - t[None, :]) ** 2  # (T, T)
+    w = torch.exp(-d2[None] / (2 * sigma.float()[:, None, None] ** 2).clamp_min(1e-6))  # (K, T, T)
+    w = w[None] * mask[:, None, None, :].float()  # (B, K, T, S)
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.einsum("bkts,bsk->btk", w, v.float()).to(v.dtype)
+
+
+class _ConvBlock(nn.Module):
+    """Pre-norm residual block: depthwise temporal convolution (kernel 5, dilated) and a pointwise MLP."""
+
+    def __init__(self, d: int, dilation: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.conv = nn.Conv1d(d, d, 5, padding=2 * dilation, dilation=dilation, groups=d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, pad: Tensor) -> Tensor:
+        z = torch.where(pad.unsqueeze(-1), 0.0, self.norm1(h))  # padding must not leak into real frames
+        h = h + self.drop(self.conv(z.transpose(1, 2)).transpose(1, 2))
+        return h + self.drop(self.mlp(self.norm2(h)))
+
+
+class _GRUBlock(nn.Module):
+    """Pre-norm residual bidirectional GRU: trailing padding is packed away, masked frames inside a window
+    enter as zeros, so neither's values reach the real frames."""
+
+    def __init__(self, d: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.gru = nn.GRU(d, d // 2, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * (d // 2), d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, pad: Tensor) -> Tensor:
+        real = ~pad
+        lengths = torch.where(real.any(1), real.shape[1] - real.flip(1).int().argmax(1), 1).cpu()
+        z = torch.where(pad.unsqueeze(-1), 0.0, self.norm(h))
+        packed = nn.utils.rnn.pack_padded_sequence(z, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        return h + self.drop(self.proj(out))
+
+
+def _encoder_layer(cfg: HeadConfig, index: int) -> nn.Module:
+    if cfg.type == "conv":
+        return _ConvBlock(cfg.d_model, 2**index, cfg.dropout)
+    if cfg.type == "gru":
+        return _GRUBlock(cfg.d_model, cfg.dropout)
+    return nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, dim_feedforward=4 * cfg.d_model, dropout=cfg.dropout,
+                                      activation="gelu", batch_first=True, norm_first=True)
 
 
 def frame_feature_augment(

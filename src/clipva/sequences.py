@@ -66,7 +66,8 @@ def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: 
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.feature_mean.device)
     windows = torch.stack([x[s : s + length] for s in starts])  # one length: min(length, n_frames)
     # one forward and one copy to the host per chunk of windows, not per window
-    preds = torch.cat([head(chunk)[0].float() for chunk in windows.split(WINDOWS_PER_FORWARD)]).cpu().numpy()
+    preds = torch.cat([head(chunk)[0].float() for chunk in windows.split(WINDOWS_PER_FORWARD)])
+    preds = preds.clamp(-1, 1).cpu().numpy()  # a linear output can leave the label range
     return merge_windows(len(features), starts, list(preds))
 
 

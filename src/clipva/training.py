@@ -196,31 +196,41 @@ def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, 
     return {**scores, "mean": float(np.nanmean(list(scores.values())))}
 
 
+SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any smoothing
+
+
 @torch.no_grad()
 def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: list[ClipFeatures], window: dict,
-                           backbone=None, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> dict:  # fmt: skip
-    """Start fine-tuning from the best linear probe: fit ridge regressions of atanh(labels) on the whitened
-    features of the labeled training frames, keep the one of the best validation mean CCC in the head's
-    linear path, and zero the transformer's output so the head predicts exactly that probe."""
+                           backbone=None, alphas: tuple[float, ...] = RIDGE_ALPHAS,
+                           sigmas: tuple[float, ...] = SMOOTHING_SIGMAS) -> dict:  # fmt: skip
+    """Start fine-tuning from the best linear probe: fit ridge regressions of the labels (atanh of them under a
+    tanh output) on the whitened features of the labeled training frames, keep the one of the best validation
+    mean CCC in the head's linear path, together with the smoothing width, and zero the encoder's output so
+    the head predicts exactly that (smoothed) probe."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(train)
     x = torch.from_numpy(np.concatenate([f[c.labeled] for c, f in zip(train, features, strict=True)]))
     y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
     z = head.whiten(x.to(head.feature_mean.device)).double()
-    target = torch.from_numpy(np.arctanh(np.clip(y, -0.95, 0.95))).to(z)
+    y = np.arctanh(np.clip(y, -0.95, 0.95)) if head.cfg.output == "tanh" else y
+    target = torch.from_numpy(y).to(z)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     scores = {}
     for alpha, (w, b) in zip(alphas, ridge_solutions(z, target, alphas), strict=True):
         head.linear.weight.copy_(w.T)
         head.linear.bias.copy_(b)
-        scores[alpha] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(), b.clone())
-    alpha = max(scores, key=lambda a: scores[a][0])
-    head.linear.weight.copy_(scores[alpha][1])
-    head.linear.bias.copy_(scores[alpha][2])
-    log.info("finetune: linear path from ridge (alpha %g), val mean CCC %.3f", alpha, scores[alpha][0])
-    return {"alpha": alpha, "val_mean_ccc": scores[alpha][0]}
+        for sigma in sigmas if head.cfg.smoothing else (1.0,):
+            head.log_sigma.fill_(math.log(sigma))
+            scores[(alpha, sigma)] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(), b.clone())
+    alpha, sigma = max(scores, key=lambda k: scores[k][0])
+    head.linear.weight.copy_(scores[(alpha, sigma)][1])
+    head.linear.bias.copy_(scores[(alpha, sigma)][2])
+    head.log_sigma.fill_(math.log(sigma))
+    log.info("finetune: linear path from ridge (alpha %g, smoothing %g frames), val mean CCC %.3f", alpha, sigma,
+             scores[(alpha, sigma)][0])  # fmt: skip
+    return {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)][0]}
 
 
 def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalHead, window: dict, cfg: dict,

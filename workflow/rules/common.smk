@@ -102,6 +102,10 @@ for name in config["runs"]:  # a variant must give a valid configuration once me
         raise WorkflowError(f"config runs.{name}: {err}") from None
 
 
+TUNE_JOURNAL = "results/tune/study.journal"  # Optuna's study: shared by the tune jobs, kept across runs
+TUNE_SETTINGS = {k: run_settings(RUN)[k] for k in ("head", "finetune")}
+
+
 def exp_run(wildcards):
     """The run of an experiment folder (runs/<run> or cv/<run>/fold<k>)."""
     return wildcards.exp.split("/")[1]

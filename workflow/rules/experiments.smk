@@ -109,3 +109,67 @@ rule cv:
 rule compare:
     input:
         "results/compare/runs.csv",
+
+
+rule tune_worker:
+    input:
+        features=FEATURES,
+        clips=CLIPS,
+    output:
+        "results/tune/workers/{worker}.json",
+    log:
+        "logs/tune/worker-{worker}.log",
+    conda:
+        "../../envs/clipva.yaml"
+    threads: 2
+    params:
+        tune=config["tune"],
+        settings=TUNE_SETTINGS,
+        journal=TUNE_JOURNAL,
+        code=code_version("../scripts/tune.py"),
+    script:
+        "../scripts/tune.py"
+
+
+rule tune_summary:
+    input:
+        expand(
+            "results/tune/workers/{worker}.json",
+            worker=range(config["tune"]["workers"]),
+        ),
+    output:
+        best=report(
+            "results/tune/best.yaml",
+            caption="../report/tune.rst",
+            category="Tuning",
+        ),
+        trials=report(
+            "results/tune/trials.csv",
+            caption="../report/tune.rst",
+            category="Tuning",
+        ),
+        history=report(
+            "results/tune/history.png",
+            caption="../report/tune.rst",
+            category="Tuning",
+        ),
+        importance=report(
+            "results/tune/importance.png",
+            caption="../report/tune.rst",
+            category="Tuning",
+        ),
+    log:
+        "logs/tune/summary.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        folds=config["tune"]["folds"],
+        journal=TUNE_JOURNAL,
+        code=code_version("../scripts/tune_summary.py"),
+    script:
+        "../scripts/tune_summary.py"
+
+
+rule tune:
+    input:
+        "results/tune/best.yaml",

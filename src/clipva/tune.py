@@ -1,0 +1,219 @@
+"""Search of the head and fine-tuning settings with Optuna (TPE sampler, median pruning).
+
+A trial samples the settings named in the search space, fine-tunes a fresh head on cached features in
+each of `folds` folds of the training and validation clips (the test split is never read) and is scored by
+the mean of the folds' best validation mean CCC; after each fold it reports the running mean, so the pruner
+stops trials that are already worse than the median. The study lives in an Optuna journal file, so a killed
+search resumes where it stopped and several jobs (on one machine or on cluster nodes sharing the folder) add
+trials to the same study; the study's name is a hash of the search, so a changed space starts afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipva.atomic import atomic_path, process_alive
+from clipva.errors import ClipvaError
+from clipva.head import HeadConfig, TemporalHead
+from clipva.store import ClipFeatures
+from clipva.training import finetune
+
+log = logging.getLogger(__name__)
+SECTIONS = ("head", "finetune")
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _optuna():
+    import optuna  # imported by the tuning jobs only
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def check_space(space: dict, settings: dict) -> None:
+    """Every key of `space` ("section.key") names a setting of the head or fine-tuning sections."""
+    if not space:
+        raise ClipvaError("tune.space is empty: name at least one head.* or finetune.* setting to search")
+    for name, dist in space.items():
+        section, _, key = name.partition(".")
+        if section not in SECTIONS or key not in settings.get(section, {}):
+            known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in settings.get(s, {}))
+            raise ClipvaError(f"tune.space: {name!r} is not a setting that tuning can change (one of {known})")
+        if "choices" not in dist and not dist["low"] < dist["high"]:
+            raise ClipvaError(f"tune.space.{name}: low ({dist['low']}) must be below high ({dist['high']})")
+        if dist.get("log") and "choices" not in dist and dist["low"] <= 0:
+            raise ClipvaError(f"tune.space.{name}: a log scale needs low > 0, got {dist['low']}")
+
+
+def suggest(trial, space: dict) -> dict:
+    """The trial's settings as {section: {key: value}}: choices, integers (both bounds integers) or floats."""
+    out: dict = {}
+    for name, dist in space.items():
+        section, _, key = name.partition(".")
+        if "choices" in dist:
+            value = trial.suggest_categorical(name, list(dist["choices"]))
+        elif isinstance(dist["low"], int) and isinstance(dist["high"], int):
+            value = trial.suggest_int(name, dist["low"], dist["high"], log=bool(dist.get("log")))
+        else:
+            value = trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def tuning_folds(clips: pd.DataFrame, folds: int) -> list[pd.Series]:
+    """Fold masks over the training and validation clips: by actor where there are at least `folds` actors
+    (no actor in two folds), else by clip. Deterministic."""
+    pool = clips[clips["split"].isin(["train", "val"]) & (clips["n_labeled"] > 0)]
+    actors = sorted(pool["actor"].unique())
+    if len(actors) >= folds:
+        fold_of = {a: i % folds for i, a in enumerate(actors)}
+        assign = pool["actor"].map(fold_of)
+    else:
+        assign = pd.Series(np.arange(len(pool)) % folds, index=pool.index)
+    if len(pool) < folds:
+        raise ClipvaError(f"tune.folds: {folds} folds need at least {folds} labeled training and validation "
+                          f"clips, the split has {len(pool)}")  # fmt: skip
+    return [pool["clip_id"][assign == k] for k in range(folds)]
+
+
+def search_key(tune: dict, settings: dict, features: str | Path, clips: str | Path) -> dict:
+    """What identifies a search: its space and folds, the settings it starts from, and the data (the store's
+    size and time, the split's bytes), so that another search or other data opens another study."""
+    stat = os.stat(features)
+    return {"space": tune["space"], "folds": tune["folds"], "settings": settings,
+            "features": [stat.st_size, stat.st_mtime_ns],
+            "clips": hashlib.sha256(Path(clips).read_bytes()).hexdigest()}  # fmt: skip
+
+
+def study_name(key: dict) -> str:
+    return "clipva-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def open_study(journal: str | Path, name: str, seed: int = 0):
+    """The study `name` in the journal file, created on first use."""
+    optuna = _optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )  # fmt: skip
+
+
+def fail_abandoned_trials(study) -> int:
+    """Trials left running by a process of this machine that no longer exists (a killed search) are marked
+    failed, so that neither the sampler nor the summary counts them. Returns how many."""
+    optuna = _optuna()
+    host, n = socket.gethostname(), 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == host and "pid" in attrs and not process_alive(attrs["pid"]):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            n += 1
+    return n
+
+
+def search(clips: pd.DataFrame, features: dict[str, ClipFeatures], settings: dict, space: dict, trials: int,
+           folds: int, journal: str | Path, key: dict, seed: int = 0) -> int:
+    """Add trials to the study of `key` (search_key) until it holds `trials` finished ones (complete or pruned).
+    `settings` holds the head (with window and stride) and finetune sections; `features` maps clip id -> its
+    cached features; `seed` seeds this job's sampler (give each concurrent job its own).
+    Returns the number of trials this call ran."""
+    optuna = _optuna()
+    check_space(space, settings)
+    masks = tuning_folds(clips, folds)
+    study = open_study(journal, study_name(key), seed)
+    if n := fail_abandoned_trials(study):
+        log.info("tune: %d trials of a killed search marked failed", n)
+    # a resumed search must not replay the random start of the first one
+    study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(study.trials), n_startup_trials=5)
+    pool = [c for c in pd.concat(masks) if c in features]
+
+    def objective(trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        chosen = suggest(trial, space)
+        head_cfg = {**settings["head"], **chosen.get("head", {})}
+        ft_cfg = {**settings["finetune"], **chosen.get("finetune", {})}
+        window = {"window": head_cfg.pop("window"), "stride": head_cfg.pop("stride")}
+        scores = []
+        for k, val_ids in enumerate(masks):
+            val_set = set(val_ids)
+            train = [features[c] for c in pool if c not in val_set]
+            val = [features[c] for c in val_ids if c in features]
+            torch.manual_seed(ft_cfg["seed"])
+            head = TemporalHead(HeadConfig(in_dim=train[0].features.shape[1], max_len=max(256, window["window"]),
+                                           **head_cfg))  # fmt: skip
+            head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+            _, _, best = finetune(train, val, head, window, copy.deepcopy(ft_cfg))
+            scores.append(best["val_mean_ccc"])
+            trial.report(float(np.mean(scores)), k)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(np.mean(scores))
+
+    states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
+    done = len(study.get_trials(deepcopy=False, states=states))
+    ran = 0
+    while done < trials:
+        study.optimize(objective, n_trials=1, catch=())
+        ran += 1
+        done = len(study.get_trials(deepcopy=False, states=states))  # other jobs add trials too
+    log.info("tune: %d trials run here; the study holds %d finished trials", ran, done)
+    return ran
+
+
+def summarise(journal: str | Path, name: str) -> tuple[dict, pd.DataFrame, object]:
+    """(best settings of study `name` as config overrides {section: {key: value}}, its trials table, the study)."""
+    study = open_study(journal, name)
+    table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        raise ClipvaError(f"tune: no trial of {journal} completed; see the tune jobs' logs")
+    best: dict = {}
+    for name, value in study.best_trial.params.items():
+        section, _, key = name.partition(".")
+        best.setdefault(section, {})[key] = value
+    return best, table, study
+
+
+def plot_study(study, history_png: str | Path, importance_png: str | Path) -> None:
+    """Optuna's optimisation history and parameter importances (matplotlib), each into its own file."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        for path, plot in ((history_png, ovm.plot_optimization_history), (importance_png, _importance)):
+            fig = plot(study).figure
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def _importance(study):
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as ovm
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(complete) < 2 or not complete[0].params:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(5, 2)).add_subplot()
+        ax.text(0.5, 0.5, "importances need two or more complete trials", ha="center")
+        ax.set_axis_off()
+        return ax
+    return ovm.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())

@@ -1,0 +1,148 @@
+"""`snakemake tune`: the search space, the folds, a study that resumes and is shared, the best config."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, SNAKEMAKE, kill_when, run_snakemake, write_config
+
+from clipva.errors import ClipvaError
+from clipva.store import ClipFeatures
+from clipva.tune import (
+    check_space,
+    fail_abandoned_trials,
+    open_study,
+    plot_study,
+    search,
+    study_name,
+    suggest,
+    summarise,
+    tuning_folds,
+)
+
+SETTINGS = {
+    "head": {"type": "transformer", "smoothing": True, "output": "linear", "d_model": 16, "depth": 1, "heads": 2,
+             "dropout": 0.0, "input_dropout": 0.0, "whitening_eps": 10.0, "embed_dim": 8, "window": 8, "stride": 4},
+    "finetune": {"epochs": 2, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1,
+                 "loss": "mix", "ccc_weight": 0.5, "patience": 5, "linear_init": True, "seed": 0},
+}  # fmt: skip
+SPACE = {"head.type": {"choices": ["transformer", "none"]}, "head.whitening_eps": {"low": 0.1, "high": 100.0,
+         "log": True}, "finetune.epochs": {"low": 1, "high": 3}}  # fmt: skip
+
+
+def _data(n_actors=4, per_actor=3, dim=6):
+    rng = np.random.default_rng(0)
+    rows, features = [], {}
+    for k in range(n_actors * per_actor):
+        clip_id, t = f"{k:03d}", 12
+        va = np.clip(np.cumsum(rng.normal(0, 1, (t, 2)), 0), -10, 10).astype(np.float32)
+        x = (va @ rng.normal(size=(2, dim)) / 10 + rng.normal(0, 0.5, (t, dim))).astype(np.float32)
+        features[clip_id] = ClipFeatures(clip_id, x, np.arange(t), va[:, 0].copy(), va[:, 1].copy())
+        split = "test" if k % per_actor == 2 and k < 6 else "train" if k % 2 else "val"
+        rows.append({"clip_id": clip_id, "actor": f"a{k // per_actor}", "n_frames": t, "n_labeled": t, "split": split})
+    return pd.DataFrame(rows), features
+
+
+def test_space_names_settings_of_the_head_or_finetuning():
+    check_space(SPACE, SETTINGS)
+    for bad, match in (({"head.depht": {"low": 1, "high": 2}}, "head.depht"),
+                       ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "below high"),
+                       ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "log scale"),
+                       ({}, "empty")):  # fmt: skip
+        with pytest.raises(ClipvaError, match=match):
+            check_space(bad, SETTINGS)
+
+
+def test_suggest_gives_choices_integers_and_log_floats():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = [suggest(study.ask(), SPACE) for _ in range(40)]
+    assert {s["head"]["type"] for s in seen} == {"transformer", "none"}
+    assert all(type(s["finetune"]["epochs"]) is int and 1 <= s["finetune"]["epochs"] <= 3 for s in seen)
+    eps = np.array([s["head"]["whitening_eps"] for s in seen])
+    assert ((0.1 <= eps) & (eps <= 100)).all() and (eps < 1).sum() >= 5  # log scale: a third below 1
+
+
+def test_tuning_folds_keep_the_test_split_out_and_actors_together():
+    clips, _ = _data()
+    folds = tuning_folds(clips, 3)
+    ids = pd.concat(folds)
+    assert ids.is_unique and set(ids) == set(clips.loc[clips["split"] != "test", "clip_id"])
+    actor = clips.set_index("clip_id")["actor"]
+    assert all(not set(actor[a]) & set(actor[b]) for i, a in enumerate(folds) for b in folds[i + 1:])
+    by_clip = tuning_folds(clips, 5)  # 4 actors: folds by clip
+    assert len(by_clip) == 5 and pd.concat(by_clip).is_unique
+
+
+def test_search_resumes_and_adds_only_the_missing_trials(tmp_path):
+    clips, features = _data()
+    journal, key = tmp_path / "study.journal", {"test": 1}
+    assert search(clips, features, SETTINGS, SPACE, 2, 2, journal, key) == 2
+    assert search(clips, features, SETTINGS, SPACE, 3, 2, journal, key) == 1  # a resumed or second job
+    assert search(clips, features, SETTINGS, SPACE, 3, 2, journal, key) == 0
+    study = open_study(journal, study_name(key))
+    assert len(study.trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    best, table, _ = summarise(journal, study_name(key))
+    assert len(table) == 3 and set(best) <= {"head", "finetune"}
+    assert best["head"]["type"] in ("transformer", "none") and 1 <= best["finetune"]["epochs"] <= 3
+    plot_study(study, tmp_path / "history.png", tmp_path / "importance.png")
+    assert (tmp_path / "history.png").stat().st_size > 1000 and (tmp_path / "importance.png").stat().st_size > 1000
+
+
+def test_a_trial_left_running_by_a_dead_process_is_marked_failed(tmp_path):
+    study = open_study(tmp_path / "s.journal", "s")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        trial = study.ask()
+        trial.set_user_attr("host", os.uname().nodename)
+        trial.set_user_attr("pid", pid)
+    assert fail_abandoned_trials(study) == 1
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]  # a live process's trial is left alone
+
+
+TUNE = {"tune": {"trials": 3, "folds": 2, "space": {"head.input_dropout": {"low": 0.0, "high": 0.5},
+                                                    "finetune.loss": {"choices": ["mse", "ccc"]}}}}  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_tune_killed_and_resumed_gives_a_usable_best_config(tmp_path):
+    run_snakemake(tmp_path, "features", "results/index/clips.csv", overrides=TUNE)
+    journal = tmp_path / "results/tune/study.journal"
+
+    def one_trial_done():
+        if not journal.exists():
+            return False
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage)]
+        return any(t.state.name == "COMPLETE" for s in studies for t in s.trials)
+
+    config = write_config(tmp_path, TUNE)
+    cmd = [SNAKEMAKE, "tune", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+           "--configfile", str(config)]  # fmt: skip
+    kill_when(cmd, one_trial_done, "all")
+    assert not (tmp_path / "results/tune/best.yaml").exists()
+    run_snakemake(tmp_path, "--unlock", overrides=TUNE)
+    run_snakemake(tmp_path, "tune", overrides=TUNE)
+    trials = pd.read_csv(tmp_path / "results/tune/trials.csv")
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    assert len(finished) == 3 and (trials["state"] != "RUNNING").all()
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}  # the killed trial failed, the first one kept
+    assert trials.loc[trials["number"] == 0, "state"].item() == "COMPLETE"
+    assert json.loads((tmp_path / "results/tune/workers/0.json").read_text())["trials_run"] <= 2  # only the rest
+    best = yaml.safe_load((tmp_path / "results/tune/best.yaml").read_text())
+    assert set(best) == {"head", "finetune"} and best["finetune"]["loss"] in ("mse", "ccc")
+    for png in ("history.png", "importance.png"):
+        assert (tmp_path / "results/tune" / png).stat().st_size > 1000
+    # the best settings as a config file: a run trained with them
+    proc = subprocess.run([SNAKEMAKE, "results/runs/tuned/eval/metrics.json", "-s", str(REPO / "Snakefile"), "-d",
+                           str(tmp_path), "--cores", "2", "--configfile", str(config),
+                           str(tmp_path / "results/tune/best.yaml"), "--config", "run=tuned"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = json.loads((tmp_path / "results/runs/tuned/eval/metrics.json").read_text())
+    assert np.isfinite(resolved["pooled"]["mean_ccc"])
