@@ -46,19 +46,25 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that compute it natively (Ampere and newer), else fp16; on CPU bf16 where it is
-    fast, else fp32. fp16 on a CPU (a model or config made for a GPU) falls back to fp32 with a warning."""
+    """``auto``: bf16 on GPUs that compute it natively (Ampere and newer), else fp16; fp32 on every CPU. CPUs
+    with bf16 instructions (AMX, AVX512-BF16) encode faster in bf16, but their bf16 results differ from one
+    CPU kind to the next, and with them every number downstream: on CPU the default is the precision whose
+    results reproduce (bf16 stays one setting away). fp16 on a CPU (a model or config made for a GPU) falls
+    back to fp32 with a warning."""
     if precision not in PRECISIONS:
         raise ConfigError(f"clip.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         log.warning("clip.precision: fp16 does not run on the CPU; using fp32 (set bf16 or auto to choose)")
         return "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("clip.precision: bf16 on a CPU without AMX or AVX512-BF16 is emulated and several times "
+                    "slower than fp32 (auto picks fp32)")  # fmt: skip
     if precision != "auto":
         return precision
     if device.type == "cuda":
         # counting emulation, older GPUs (V100, T4) report bf16 and then run it slowly
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
 
 
 def dtype_of(precision: str) -> torch.dtype:
