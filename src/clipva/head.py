@@ -105,13 +105,17 @@ class TemporalHead(nn.Module):
         for layer in self.layers:
             h = layer(h, ~mask) if self.cfg.type != "transformer" else layer(h, src_key_padding_mask=~mask)
         h = self.out_norm(h)
-        va = self.va(h) + self.linear(x)
-        if self.cfg.smoothing:
-            va = gaussian_smooth(va, mask, self.log_sigma.exp())
-        va = torch.tanh(va) if self.cfg.output == "tanh" else va
+        va = self.finish(self.va(h) + self.linear(x), mask)
         # where() rather than multiply, so non-finite values at padded frames cannot leak into the mean
         mean = torch.where(mask.unsqueeze(-1), h, 0.0).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return va, self.pool_proj(mean)
+
+
+    def finish(self, va: Tensor, mask: Tensor) -> Tensor:
+        """Per-frame outputs (B, T, 2) before smoothing -> the head's outputs: smoothed, through the output."""
+        if self.cfg.smoothing:
+            va = gaussian_smooth(va, mask, self.log_sigma.exp())
+        return torch.tanh(va) if self.cfg.output == "tanh" else va
 
 
 HEAD_TYPES = ("transformer", "conv", "gru", "none")

@@ -57,18 +57,29 @@ def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> d
     return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
 
 
+def clip_windows(features: np.ndarray, length: int, stride: int,
+                 device: torch.device) -> tuple[list[int], torch.Tensor]:  # fmt: skip
+    """The overlapping windows that predict a clip: (their starts, (n_windows, min(length, n_frames), D))."""
+    starts = window_starts(len(features), length, stride)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
+    return starts, torch.stack([x[s : s + length] for s in starts])
+
+
+def merge_predictions(n_frames: int, starts: list[int], preds: torch.Tensor) -> np.ndarray:
+    """(n_windows, T, 2) window outputs -> per-frame (n_frames, 2) predictions in [-1, 1]."""
+    preds = preds.float().clamp(-1, 1).cpu().numpy()  # a linear output can leave the label range
+    return merge_windows(n_frames, starts, list(preds))
+
+
 @torch.no_grad()
 def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: int) -> np.ndarray:
     """Per-frame (n_frames, 2) predictions in [-1, 1]: overlapping windows merged back into one per frame.
     Computed on the head's device."""
     head.eval()
-    starts = window_starts(len(features), length, stride)
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.feature_mean.device)
-    windows = torch.stack([x[s : s + length] for s in starts])  # one length: min(length, n_frames)
+    starts, windows = clip_windows(features, length, stride, head.feature_mean.device)
     # one forward and one copy to the host per chunk of windows, not per window
-    preds = torch.cat([head(chunk)[0].float() for chunk in windows.split(WINDOWS_PER_FORWARD)])
-    preds = preds.clamp(-1, 1).cpu().numpy()  # a linear output can leave the label range
-    return merge_windows(len(features), starts, list(preds))
+    preds = torch.cat([head(chunk)[0] for chunk in windows.split(WINDOWS_PER_FORWARD)])
+    return merge_predictions(len(features), starts, preds)
 
 
 def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, length: int,

@@ -22,7 +22,7 @@ from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
 from clipva.metrics import ccc
 from clipva.prompts import emotion_bins
-from clipva.sequences import VA_SCALE, predict_clip, sample_windows
+from clipva.sequences import VA_SCALE, clip_windows, merge_predictions, predict_clip, sample_windows
 from clipva.store import ClipFeatures
 from clipva.windows import sample_window
 
@@ -182,18 +182,21 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     return model.head.cpu(), history
 
 
-def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, backbone=None) -> dict:
-    """CCC of each dimension over all labeled frames of `clips` (pooled), and their mean, on the head's device."""
-    backbone = backbone or CachedFeatures()
-    backbone.train(False)
-    preds, trues = [], []
-    for clip, features in zip(clips, backbone.features_of(clips), strict=True):
-        pred = predict_clip(head, features, window["window"], window["stride"])
-        preds.append(pred[clip.labeled])
-        trues.append(clip.labels[clip.labeled] / VA_SCALE)
-    p, t = np.concatenate(preds), np.concatenate(trues)
+def pooled_ccc(clips: list[ClipFeatures], preds: list[np.ndarray]) -> dict:
+    """CCC of each dimension over all labeled frames of `clips` (pooled) given their per-frame predictions in
+    -1..1, and the mean of the two."""
+    p = np.concatenate([pred[clip.labeled] for clip, pred in zip(clips, preds, strict=True)])
+    t = np.concatenate([clip.labels[clip.labeled] / VA_SCALE for clip in clips])
     scores = {dim: ccc(p[:, k], t[:, k]) for k, dim in enumerate(("valence", "arousal"))}
     return {**scores, "mean": float(np.nanmean(list(scores.values())))}
+
+
+def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, backbone=None) -> dict:
+    """pooled_ccc of the head's predictions of `clips`, computed on the head's device."""
+    backbone = backbone or CachedFeatures()
+    backbone.train(False)
+    features = backbone.features_of(clips)
+    return pooled_ccc(clips, [predict_clip(head, f, window["window"], window["stride"]) for f in features])
 
 
 SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any smoothing
@@ -217,13 +220,24 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
     target = torch.from_numpy(y).to(z)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
+    # With the encoder's output at zero the head predicts finish(linear(whitened features)): the validation
+    # windows are whitened once, and each candidate costs a linear map and a smoothing, not a forward pass.
+    head.eval()
+    whitened = []
+    for f in backbone.features_of(val):
+        starts, windows = clip_windows(f, window["window"], window["stride"], head.feature_mean.device)
+        whitened.append((len(f), starts, head.whiten(windows)))
     scores = {}
     for alpha, (w, b) in zip(alphas, ridge_solutions(z, target, alphas), strict=True):
         head.linear.weight.copy_(w.T)
         head.linear.bias.copy_(b)
+        readouts = [(n, starts, head.linear(x)) for n, starts, x in whitened]
         for sigma in sigmas if head.cfg.smoothing else (1.0,):
             head.log_sigma.fill_(math.log(sigma))
-            scores[(alpha, sigma)] = (validation_ccc(head, val, window, backbone)["mean"], w.T.clone(), b.clone())
+            preds = [merge_predictions(n, starts, head.finish(r, torch.ones(r.shape[:2], dtype=torch.bool,
+                                                                            device=r.device)))
+                     for n, starts, r in readouts]  # fmt: skip
+            scores[(alpha, sigma)] = (pooled_ccc(val, preds)["mean"], w.T.clone(), b.clone())
     alpha, sigma = max(scores, key=lambda k: scores[k][0])
     head.linear.weight.copy_(scores[(alpha, sigma)][1])
     head.linear.bias.copy_(scores[(alpha, sigma)][2])
