@@ -84,6 +84,13 @@ def test_finetune_epoch_runs():
     assert 0 < figure(out, "data loading") < 100
 
 
+def test_finetune_cost_compares_now_with_before():
+    out = run("finetune_cost.py", "--clips", "10", "--epochs", "1", "--rounds", "1")
+    now, before = (float(re.search(rf"^{name}\s*:.* a run of \d+ epochs\s+([0-9.]+) s", out, re.MULTILINE).group(1))
+                   for name in ("now", "before"))  # fmt: skip
+    assert figure(out, "ratio run now / before") == pytest.approx(now / before, abs=0.01)
+
+
 def test_training_step_prints_both_paths():
     out = run("training_step.py", "--batch", "2", "--window", "4", "--steps", "2")
     cached, lora = figure(out, "cached features"), figure(out, "LoRA end to end")
