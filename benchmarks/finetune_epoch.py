@@ -34,7 +34,7 @@ from common import CROP, MAX_FRAMES, MIN_FRAMES, as_the_workflow_runs, load_aver
 from clipva.backbones import CachedFeatures
 from clipva.head import HeadConfig, TemporalHead
 from clipva.store import ClipFeatures
-from clipva.training import finetune
+from clipva.training import finetune, head_config, new_head
 
 
 def synthetic_clips(n_clips: int, dim: int, seed: int, unlabeled: int = 0) -> list[ClipFeatures]:
@@ -94,11 +94,9 @@ def epoch_phases(events: list[tuple[str, float]], end: float) -> list[dict]:
 
 
 def cached_epochs(train, val, head_cfg: dict, ft_cfg: dict, epochs: int, profile: bool):
-    window = {"window": head_cfg["window"], "stride": head_cfg["stride"]}
-    arch = {k: v for k, v in head_cfg.items() if k not in window}
+    arch, window = head_config(head_cfg, train[0].features.shape[1])
     torch.manual_seed(0)
-    head = TemporalHead(HeadConfig(in_dim=train[0].features.shape[1], max_len=max(256, window["window"]), **arch))
-    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+    head = new_head(arch, train)
     cfg = {**ft_cfg, "epochs": epochs, "patience": epochs + 1}
     backbone = TimedCachedFeatures()
     start = time.perf_counter()

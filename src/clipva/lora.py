@@ -112,17 +112,16 @@ def encode_frames(visual: nn.Module, images: torch.Tensor, dtype: torch.dtype) -
     return visual(images).float()
 
 
-def save_adapters(visual: PeftModel, adapter_dir: str | Path) -> None:
-    """peft's own format: adapter_config.json and adapter_model.safetensors."""
-    visual.save_pretrained(str(adapter_dir))
-
-
 NO_ADAPTERS = "NO_ADAPTERS.txt"
 
 
-def save_no_adapters(adapter_dir: str | Path) -> None:
-    """The adapter folder of a frozen-backbone run: a note that there are none (every run has the folder, so
-    frozen and LoRA runs share one DAG)."""
+def save_adapters(visual: PeftModel | None, adapter_dir: str | Path) -> None:
+    """The adapters of a LoRA image tower in peft's own format (adapter_config.json,
+    adapter_model.safetensors); for a frozen backbone (None), a note that there are none: every run has the
+    folder, so frozen and LoRA runs share one DAG."""
+    if visual is not None:
+        visual.save_pretrained(str(adapter_dir))
+        return
     Path(adapter_dir).mkdir(parents=True, exist_ok=True)
     (Path(adapter_dir) / NO_ADAPTERS).write_text("frozen backbone: this run trains no adapters\n")
 

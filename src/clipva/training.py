@@ -96,6 +96,21 @@ class PretrainModel(nn.Module):
         self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
 
 
+def head_config(settings: dict, in_dim: int) -> tuple[HeadConfig, dict]:
+    """The config's `head` section -> (the head's architecture for `in_dim`-wide features, its window
+    {"window", "stride"}). The positional encoding covers at least the window."""
+    window = {"window": settings["window"], "stride": settings["stride"]}
+    arch = {k: v for k, v in settings.items() if k not in window}
+    return HeadConfig(in_dim=in_dim, max_len=max(256, window["window"]), **arch), window
+
+
+def new_head(cfg: HeadConfig, train: list[ClipFeatures]) -> TemporalHead:
+    """A fresh head that whitens with the statistics of every training frame."""
+    head = TemporalHead(cfg)
+    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+    return head
+
+
 def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.optim.AdamW:
     groups = [{"params": params, "lr": lr}]
     if backbone.trainable():
@@ -114,8 +129,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
     objectives = set(cfg["objectives"])
     if "vision_language" in objectives and text_emb is None and cfg["epochs"] > 0:
         raise ValueError("pretrain: the vision_language objective needs the text embeddings")
-    head = TemporalHead(head_cfg)
-    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+    head = new_head(head_cfg, train)
     model = PretrainModel(head, text_emb.shape[1] if text_emb is not None else 1).to(device)
     text = torch.as_tensor(text_emb, dtype=torch.float32, device=device) if text_emb is not None else None
     optimizer = _optimizer(list(model.parameters()), backbone, cfg["lr"], cfg["weight_decay"])

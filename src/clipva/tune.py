@@ -24,9 +24,8 @@ import torch
 
 from clipva.atomic import atomic_path, process_alive
 from clipva.errors import ClipvaError
-from clipva.head import HeadConfig, TemporalHead
 from clipva.store import ClipFeatures
-from clipva.training import finetune
+from clipva.training import finetune, head_config, new_head
 
 log = logging.getLogger(__name__)
 SECTIONS = ("head", "finetune")
@@ -99,8 +98,9 @@ def study_name(key: dict) -> str:
     return "clipva-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def open_study(journal: str | Path, name: str, seed: int = 0):
-    """The study `name` in the journal file, created on first use."""
+def open_study(journal: str | Path, name: str):
+    """The study `name` in the journal file, created on first use (search() gives it its sampler, seeded by
+    the trials it already holds)."""
     optuna = _optuna()
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -109,7 +109,6 @@ def open_study(journal: str | Path, name: str, seed: int = 0):
     storage = JournalStorage(JournalFileBackend(str(journal)))
     return optuna.create_study(
         storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     )  # fmt: skip
 
@@ -136,29 +135,27 @@ def search(clips: pd.DataFrame, features: dict[str, ClipFeatures], settings: dic
     optuna = _optuna()
     check_space(space, settings)
     masks = tuning_folds(clips, folds)
-    study = open_study(journal, study_name(key), seed)
+    study = open_study(journal, study_name(key))
     if n := fail_abandoned_trials(study):
         log.info("tune: %d trials of a killed search marked failed", n)
     # a resumed search must not replay the random start of the first one
     study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(study.trials), n_startup_trials=5)
     pool = [c for c in pd.concat(masks) if c in features]
+    in_dim = features[pool[0]].features.shape[1]
 
     def objective(trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         chosen = suggest(trial, space)
-        head_cfg = {**settings["head"], **chosen.get("head", {})}
+        arch, window = head_config({**settings["head"], **chosen.get("head", {})}, in_dim)
         ft_cfg = {**settings["finetune"], **chosen.get("finetune", {})}
-        window = {"window": head_cfg.pop("window"), "stride": head_cfg.pop("stride")}
         scores = []
         for k, val_ids in enumerate(masks):
             val_set = set(val_ids)
             train = [features[c] for c in pool if c not in val_set]
             val = [features[c] for c in val_ids if c in features]
             torch.manual_seed(ft_cfg["seed"])
-            head = TemporalHead(HeadConfig(in_dim=train[0].features.shape[1], max_len=max(256, window["window"]),
-                                           **head_cfg))  # fmt: skip
-            head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+            head = new_head(arch, train)
             _, _, best = finetune(train, val, head, window, copy.deepcopy(ft_cfg))
             scores.append(best["val_mean_ccc"])
             trial.report(float(np.mean(scores)), k)

@@ -6,7 +6,7 @@ from clipva.backbones import lora_backbone
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
 from clipva.jobs import run_job
-from clipva.lora import export_merged, save_adapters, save_no_adapters
+from clipva.lora import export_merged, save_adapters
 from clipva.sequences import load_splits
 from clipva.training import finetune
 
@@ -21,14 +21,11 @@ def main(smk):
     head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device(),
                                    backbone)  # fmt: skip
     save_head(smk.output.head, head, ckpt["window"], best=best)
-    if lora:
-        save_adapters(backbone.visual, smk.output.adapter)
-        if settings["lora"]["merge"]:
-            clip = settings["clip"]
-            export_merged(clip["model"], clip["pretrained"], smk.output.adapter,
-                          Path(smk.output.adapter) / "merged_open_clip.pt")  # fmt: skip
-    else:
-        save_no_adapters(smk.output.adapter)
+    save_adapters(backbone.visual if backbone else None, smk.output.adapter)
+    if lora and settings["lora"]["merge"]:
+        clip = settings["clip"]
+        export_merged(clip["model"], clip["pretrained"], smk.output.adapter,
+                      Path(smk.output.adapter) / "merged_open_clip.pt")  # fmt: skip
     write_text(smk.output.history, json.dumps({"best": best, "epochs": history}, indent=1))
     resume.clear()
 
