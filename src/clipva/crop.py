@@ -18,8 +18,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode one frame into an 8-bit RGB image; raises BadInputError naming `path` if it cannot be decoded.
 
-    PNG frames are decoded by libspng (pyspng), 1.8x faster than PIL on a 720x576 frame
-    (benchmarks/extraction.py prints both), with the same pixels: grey (1, L), palette (P) and colour
+    PNG frames are decoded by libspng (pyspng), faster than PIL (benchmarks/extraction.py times both;
+    benchmarks/README.md has the figures), with the same pixels: grey (1, L), palette (P) and colour
     frames become RGB, an alpha channel (LA, RGBA, a palette or grey transparency) is dropped, not
     composited (video frames are opaque, and the colour under the alpha is kept as stored), and 16-bit
     samples keep their high byte (v >> 8), which gives back exactly an 8-bit frame saved as v * 257 or

@@ -75,11 +75,10 @@ class FrameCrops(Dataset):
 def decode_workers(setting: int | str, threads: int, device: torch.device) -> int:
     """DataLoader workers for extraction: `setting`, or for ``auto`` what the job's `threads` allow.
 
-    On a GPU the encoder leaves the CPU free: every thread but the main one decodes (ViT-B/32 on one GPU
-    encodes thousands of frames/s; one worker decodes, crops and preprocesses a 720x576 PNG in ~15-25 ms on
-    a 2-core AVX2 CPU). On CPU the encoder is ~90% of the
-    time per frame (py-spy, ViT-B-32): a quarter of the threads decode, at least 2 (2 workers beside 2 torch
-    threads on 2 cores gave 0.93 of encoder-only throughput, benchmarks/extraction.py).
+    On a GPU the encoder leaves the CPU free and decoding is the bottleneck: every thread but the main one
+    decodes. On CPU the encoder takes most of the time per frame: a quarter of the threads decode, at least
+    2, which keeps the encoder fed without taking its cores (benchmarks/README.md has the profiles and
+    throughput figures).
     """
     if setting != "auto":
         return int(setting)

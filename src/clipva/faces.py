@@ -62,8 +62,8 @@ class FaceDetector:
     """Faces in an RGB image, best first; created lazily, so constructing one in a config check costs nothing.
 
     Frames larger than `max_side` pixels are scaled down for detection (the network is meant for <= 960 px
-    and is faster smaller); boxes come back in frame pixels. One thread is the default: on two cores with
-    other jobs running, two OpenMP threads were up to 50x slower than one (workers waiting for busy cores).
+    and is faster smaller); boxes come back in frame pixels. One thread is the default: on a machine whose cores are
+    busy with other jobs, more OpenMP threads wait for cores far more than they gain.
     """
 
     def __init__(self, min_score: float = 0.5, max_side: int = 640, threads: int = 1):
