@@ -45,7 +45,7 @@ from PIL import Image
 from clipva.crop import crop_face, load_rgb
 from clipva.encoder import encode_images, load_clip
 from clipva.extract import decode_workers, extract_features
-from clipva.store import ClipFeatures, atomic_h5, write_clip
+from clipva.store import ClipFeatures, atomic_h5, write_features
 
 
 def encoder_only(clip, n_frames: int, batch_size: int) -> float:
@@ -85,7 +85,7 @@ def naive_loop(frames, clip, face_crop: dict, out_path: str) -> tuple[float, dic
             t4 = time.perf_counter()
             features = encode_images(clip, torch.stack(images)).cpu().numpy()
             stages["encode"] += time.perf_counter() - t4
-            write_clip(f, ClipFeatures(clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(),
+            write_features(f, ClipFeatures(clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(),
                                        part["arousal"].to_numpy()), actor=str(part["actor"].iloc[0]))  # fmt: skip
     seconds = time.perf_counter() - start
     return len(frames) / seconds, {k: v / len(frames) for k, v in stages.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipva.demo import write_clip
+from clipva.demo import write_afew_clip
 
 W, H = 64, 48
 N_FRAMES = 4  # frames of the clip a case writes
@@ -59,7 +59,7 @@ def write_good_clip(root: Path, clip_id: int = 1, n: int = 3, labels: dict | Non
         images = [Image.fromarray(frame_rgb(i)) for i in range(n)]
     if labels is None:
         labels = labels_of(len(images))
-    return write_clip(root, clip_id, images, labels, actor, **kw)
+    return write_afew_clip(root, clip_id, images, labels, actor, **kw)
 
 
 @dataclass(frozen=True)

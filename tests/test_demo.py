@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipva.demo import N_LANDMARKS, make_demo, write_clip
+from clipva.demo import N_LANDMARKS, make_demo, write_afew_clip
 
 N_CLIPS, N_ACTORS, SIZES = 12, 6, ((160, 128), (192, 144))
 
@@ -208,14 +208,14 @@ def test_frame_mean_intensity_does_not_carry_labels(demo):
     assert luma.std() > 5  # brightness does vary
 
 
-def test_write_clip(tmp_path):
+def test_write_afew_clip(tmp_path):
     frames = {0: Image.new("RGB", (8, 6), (10, 20, 30)), 2: Image.new("RGB", (8, 6))}
     ann = {1: {"valence": 3, "arousal": -4, "landmarks": [[1.0, 2.0]] * N_LANDMARKS}}
-    folder = write_clip(tmp_path, 7, frames, ann, actor="actor_01", video_id="x7")
+    folder = write_afew_clip(tmp_path, 7, frames, ann, actor="actor_01", video_id="x7")
     assert folder == tmp_path / "007"
     assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00002.png", "007.json"]
     doc = json.loads((folder / "007.json").read_text())
     assert doc == {"actor": "actor_01", "frames": {"00001": ann[1]}, "video_id": "x7"}
     assert Image.open(folder / "00000.png").getpixel((0, 0)) == (10, 20, 30)
-    write_clip(tmp_path, 8, [frames[0]], {}, actor="actor_02")
+    write_afew_clip(tmp_path, 8, [frames[0]], {}, actor="actor_02")
     assert json.loads((tmp_path / "008" / "008.json").read_text())["video_id"] == "008"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipva.windows import merge_windows, sample_window, window_starts
+from clipva.windows import merge_windows, random_window, window_starts
 
 CASES = [
     (n, length, stride)
@@ -90,15 +90,15 @@ def test_merge_errors():
         merge_windows(10, [], [])
 
 
-def test_sample_window():
+def test_random_window():
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(500):
-        start, stop = sample_window(20, 8, rng)
+        start, stop = random_window(20, 8, rng)
         assert stop - start == 8 and 0 <= start and stop <= 20
         seen.add(start)
     assert seen == set(range(13))
-    assert sample_window(5, 8, rng) == (0, 5)
-    assert sample_window(8, 8, rng) == (0, 8)
+    assert random_window(5, 8, rng) == (0, 5)
+    assert random_window(8, 8, rng) == (0, 8)
     with pytest.raises(ValueError):
-        sample_window(0, 8, rng)
+        random_window(0, 8, rng)

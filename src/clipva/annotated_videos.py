@@ -38,7 +38,7 @@ import pandas as pd
 
 from clipva.afew import load_json
 from clipva.atomic import write_csv
-from clipva.demo import write_clip
+from clipva.demo import write_afew_clip
 from clipva.errors import BadInputError
 from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
 from clipva.video import decode, list_videos, probe
@@ -199,7 +199,7 @@ def convert_video(video: str | Path, labels_path: str | Path, dst: str | Path, c
     for t, index, image in decode(video, fps):
         buf = io.BytesIO()
         image.save(buf, format="PNG", **_PNG_OPTIONS)
-        (folder / f"{index:05d}.png").write_bytes(buf.getvalue())  # one write per file, as demo.write_clip
+        (folder / f"{index:05d}.png").write_bytes(buf.getvalue())  # one write per file, as demo.write_afew_clip
         times.append(t)
         detections.append(detector(image))
         size = image.size
@@ -215,7 +215,7 @@ def convert_video(video: str | Path, labels_path: str | Path, dst: str | Path, c
             continue
         annotations[i] = {"valence": float(valence), "arousal": float(arousal), "landmarks": box_outline(box)}
     actor = actor or video.stem
-    write_clip(dst, clip_id, {}, annotations, actor)
+    write_afew_clip(dst, clip_id, {}, annotations, actor)
     faces.insert(0, "clip_id", name)
     faces.insert(2, "time", np.round(times, 6))
     faces["labeled"] = faces["frame"].isin(list(annotations))

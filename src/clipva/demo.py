@@ -215,7 +215,7 @@ def _draw_face(img: Image.Image, lm: np.ndarray, outlines: Sequence[np.ndarray],
     d.polygon(_flat(lm[60:68]), fill=col["mouth"], outline=col["lip_line"])
 
 
-def write_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | Mapping[int, Image.Image],
+def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | Mapping[int, Image.Image],
                annotations: Mapping[int, dict], actor: str, video_id: str | None = None) -> Path:
     """Write one clip folder ``root/{clip:03d}``: frames as %05d.png, annotations as ``{clip:03d}.json``.
 
@@ -321,7 +321,7 @@ def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames
             i = len(frames) - 1
             frames = frames[:-1]
             quirks.append(f"clip {name}: annotation entry {i:05d} has no frame file ({i:05d}.png)")
-        write_clip(root, clip_id, frames, annotations, f"actor_{actor_of[k] + 1:02d}")
+        write_afew_clip(root, clip_id, frames, annotations, f"actor_{actor_of[k] + 1:02d}")
         n_frames += len(frames)
         n_labelled_frames += len(annotations.keys() & set(range(len(frames))))
     return {"root": str(root), "n_clips": n_clips, "n_frames": n_frames, "n_labelled_frames": n_labelled_frames,

@@ -18,7 +18,7 @@ from clipva import __version__
 from clipva.crop import crop_face, load_rgb
 from clipva.encoder import LoadedClip, encode_images
 from clipva.errors import BadInputError
-from clipva.store import ClipFeatures, atomic_h5, write_clip
+from clipva.store import ClipFeatures, atomic_h5, write_features
 
 log = logging.getLogger(__name__)
 BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
@@ -152,7 +152,7 @@ def extract_features(
                     log.warning("skipped %s: %s", row["path"], skipped[-1]["problem"])
                 if keep.any():
                     kept = part[keep]
-                    write_clip(
+                    write_features(
                         f,
                         ClipFeatures(
                             kept["clip_id"].iloc[0],

@@ -11,7 +11,7 @@ import torch
 from clipva.head import TemporalHead
 from clipva.splits import read_clips
 from clipva.store import ClipFeatures, FeatureStore
-from clipva.windows import merge_windows, sample_window, window_starts
+from clipva.windows import merge_windows, random_window, window_starts
 
 log = logging.getLogger(__name__)
 VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
@@ -39,7 +39,7 @@ def sample_windows(clips: list[ClipFeatures], length: int, rng: np.random.Genera
     sizes = np.array([len(c.features) for c in clips])
     n = max(1, int(sizes.sum()) // length)
     picks = rng.choice(len(clips), size=n, p=sizes / sizes.sum())
-    return [(int(i), *sample_window(int(sizes[i]), length, rng)) for i in picks]
+    return [(int(i), *random_window(int(sizes[i]), length, rng)) for i in picks]
 
 
 def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:

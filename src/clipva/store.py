@@ -53,7 +53,7 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
         yield f
 
 
-def write_clip(f: h5py.File, clip: ClipFeatures, actor: str = "") -> None:
+def write_features(f: h5py.File, clip: ClipFeatures, actor: str = "") -> None:
     g = f.create_group(f"clips/{clip.clip_id}")
     g.create_dataset("features", data=np.asarray(clip.features, dtype=np.float32))
     g.create_dataset("frame_index", data=np.asarray(clip.frame_index, dtype=np.int32))

@@ -24,7 +24,7 @@ from clipva.metrics import ccc
 from clipva.prompts import emotion_bins
 from clipva.sequences import VA_SCALE, clip_windows, merge_predictions, predict_clip, sample_windows
 from clipva.store import ClipFeatures
-from clipva.windows import sample_window
+from clipva.windows import random_window
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -153,7 +153,7 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         sums = {k: torch.zeros((), device=device) for k in ("loss", "vision_language", "temporal")}
         steps = 0
         firsts = [b for b in _batches(sample_windows(train, length, rng), cfg["batch_size"]) if len(b) >= 2]
-        seconds = [[(i, *sample_window(len(train[i].features), length, rng)) for i, _, _ in b] for b in firsts]
+        seconds = [[(i, *random_window(len(train[i].features), length, rng)) for i, _, _ in b] for b in firsts]
         seeds = rng.integers(2**31, size=len(firsts))
         pairs = [a + b for a, b in zip(firsts, seconds, strict=True)]
         accumulator = Accumulator(optimizer, cfg.get("accumulate", 1), len(firsts), scaler=scaler)

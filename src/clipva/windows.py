@@ -58,7 +58,7 @@ def merge_windows(n_frames: int, starts: Sequence[int], window_preds: Sequence[n
     return (ref + acc / wsum[:, None]).astype(dtype)
 
 
-def sample_window(n_frames: int, length: int, rng: np.random.Generator) -> tuple[int, int]:
+def random_window(n_frames: int, length: int, rng: np.random.Generator) -> tuple[int, int]:
     """Random (start, stop) of a training window of min(length, n_frames) frames."""
     if n_frames < 1 or length < 1:
         raise ValueError(f"need n_frames >= 1 and length >= 1, got {n_frames}, {length}")
