@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipva.afew import index_dataset
+from clipva.afew import BOX_COLUMNS, index_dataset
 from clipva.annotated_videos import box_outline, convert_annotated_videos, match_labels, read_labels
 from clipva.crop import load_rgb
 from clipva.demo import make_demo
 from clipva.errors import BadInputError
-from clipva.faces import BOX_COLUMNS, Detection, FaceDetector, iou, track_main_face
+from clipva.faces import Detection, FaceDetector, iou, track_main_face
 from clipva.video import VIDEO_SUFFIXES, decode, list_videos, probe, write_video
 
 needs_detector = pytest.mark.skipif(find_spec("yuface") is None, reason="yuface has wheels for CPython <= 3.11 only")

@@ -28,10 +28,10 @@ CLIP_RE = re.compile(r"^\d+$")
 # Landmarks may stray this far (fraction of the frame size) outside the frame before it is an error.
 LANDMARK_TOLERANCE = 0.05
 
-FRAME_COLUMNS = [
-    "clip_id", "actor", "frame", "path", "width", "height", "labeled", "valence", "arousal",
-    "box_x0", "box_y0", "box_x1", "box_y1", "box_source",
-]  # fmt: skip
+# The face box of a frame in frames.csv (pixels: left, top, right, bottom), from its landmarks
+BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
+FRAME_COLUMNS = ["clip_id", "actor", "frame", "path", "width", "height", "labeled", "valence", "arousal",
+                 *BOX_COLUMNS, "box_source"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def scan_clip(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
                 continue
             row.update(labeled=True, valence=valence, arousal=arousal)
             box = (*points.min(axis=0), *points.max(axis=0))
-        row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), box, strict=True))
+        row.update(zip(BOX_COLUMNS, box, strict=True))
         rows.append(row)
     frames = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     frames = fill_boxes(frames)
@@ -177,8 +177,8 @@ def scan_clip(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
 
 def fill_boxes(frames: pd.DataFrame) -> pd.DataFrame:
     """Give unlabeled frames the landmark box of the nearest labeled frame of the clip (or none)."""
-    cols = ["box_x0", "box_y0", "box_x1", "box_y1"]
-    has = frames["box_x0"].notna()
+    cols = BOX_COLUMNS
+    has = frames[BOX_COLUMNS[0]].notna()
     frames["box_source"] = np.where(has, "landmarks", "none")
     if has.any() and not has.all():
         order = frames["frame"].to_numpy()

@@ -36,15 +36,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipva.afew import load_json
+from clipva.afew import BOX_COLUMNS, N_LANDMARKS, load_json
 from clipva.atomic import write_csv
 from clipva.demo import write_afew_clip
 from clipva.errors import BadInputError
-from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
+from clipva.faces import FaceDetector, track_main_face
 from clipva.video import decode, list_videos, probe
 
 LABEL_SUFFIXES = (".csv", ".json")
-N_LANDMARKS = 68
 _PNG_OPTIONS = {"compress_level": 1, "optimize": False}
 _EPS = 1e-6
 

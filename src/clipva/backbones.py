@@ -189,10 +189,10 @@ def lora_backbone(settings: dict, frames_csv: str, adapter_dir: str | None = Non
     """The LoRA backbone of a training rule's params (``backbone``: lora, clip, face_crop sections): new
     adapters, or those of `adapter_dir` (trained further, or frozen for inference)."""
     from clipva.afew import read_frames
-    from clipva.encoder import load_clip
+    from clipva.encoder import load_clip_from
     from clipva.lora import add_adapters, load_adapters
 
-    clip = load_clip(settings["clip"]["model"], settings["clip"]["pretrained"], settings["clip"]["precision"])
+    clip = load_clip_from(settings["clip"])
     if trainable:
         visual = add_adapters(clip, settings["lora"], adapter_dir)
     else:

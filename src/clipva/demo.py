@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-N_LANDMARKS = 68
 _PNG_OPTIONS = {"compress_level": 1, "optimize": False}
 
 _HAIR = np.array([(28, 22, 18), (66, 42, 24), (128, 84, 44), (196, 164, 104), (122, 52, 26), (150, 148, 146)])

@@ -144,6 +144,11 @@ def load_clip(model: str, pretrained: str | None, precision: str = "auto", devic
     return LoadedClip(clip_model, model, preprocess, open_clip.get_tokenizer(model), prec, dev)
 
 
+def load_clip_from(settings: dict, device: str = "auto") -> LoadedClip:
+    """load_clip with the config's `clip` section ({model, pretrained, precision})."""
+    return load_clip(settings["model"], settings["pretrained"], settings["precision"], device)
+
+
 def _create(model: str, source: str | None, prec: str, dev: torch.device, pretrained: str | None):
     try:
         clip_model, _, preprocess = open_clip.create_model_and_transforms(

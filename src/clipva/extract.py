@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipva import __version__
+from clipva.afew import BOX_COLUMNS
 from clipva.crop import crop_face, load_rgb
 from clipva.encoder import LoadedClip, encode_images
 from clipva.errors import BadInputError
 from clipva.store import ClipFeatures, atomic_h5, write_features
 
 log = logging.getLogger(__name__)
-BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
 TRIM_EVERY = 32  # clips written between two returns of freed heap memory to the OS
 try:
     _LIBC = ctypes.CDLL(None)
@@ -49,7 +49,7 @@ class FrameCrops(Dataset):
 
     def __init__(self, frames: pd.DataFrame, preprocess, crop_method: str, margin: float, skip_bad: bool = False):
         self.paths = frames["path"].tolist()
-        self.boxes = frames[BOX].to_numpy(dtype=np.float64) if crop_method == "landmarks" else None
+        self.boxes = frames[BOX_COLUMNS].to_numpy(dtype=np.float64) if crop_method == "landmarks" else None
         self.preprocess = preprocess
         self.margin = margin
         self.skip_bad = skip_bad

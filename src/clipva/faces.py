@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from clipva.afew import BOX_COLUMNS
 from clipva.errors import ClipvaError
 
 Box = tuple[float, float, float, float]
-BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 FILL_MODES = ("interpolate", "empty")
 # Detector box (x, y, w, h) -> landmark box: width * 1.03, height * 0.82, centre lowered by 0.113 * h. Medians
 # of the ratios over 152 demo frames (40 clips, 12 actors).

@@ -13,9 +13,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
+from clipva.afew import BOX_COLUMNS
 from clipva.crop import crop_face, load_rgb
-
-BOX = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
 
 class FrameWindows(Dataset):
@@ -30,7 +29,7 @@ class FrameWindows(Dataset):
         self.items = []
         for clip_id, indices in windows:
             rows = table.loc[[(clip_id, int(i)) for i in indices]]
-            boxes = rows[BOX].to_numpy(dtype=np.float64) if face_crop["method"] == "landmarks" else None
+            boxes = rows[BOX_COLUMNS].to_numpy(dtype=np.float64) if face_crop["method"] == "landmarks" else None
             self.items.append((rows["path"].tolist(), boxes))
         self.preprocess, self.margin = preprocess, face_crop.get("margin", 0.0)
         self.augment, self.seed = augment, seed

@@ -30,7 +30,7 @@ import torch
 from clipva.atomic import write_text
 from clipva.checkpoints import load_head
 from clipva.crop import crop_face
-from clipva.encoder import LoadedClip, encode_images, load_clip
+from clipva.encoder import LoadedClip, encode_images, load_clip_from
 from clipva.errors import BadInputError, ConfigError
 from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
 from clipva.head import TemporalHead
@@ -72,7 +72,7 @@ def load_model(model_dir: str | Path) -> Model:
         raise ConfigError(f"{model_dir}: not a clipva model folder (no {MODEL_FILE}; the workflow writes one to "
                           "results/runs/<run>/model/ with `snakemake results/runs/<run>/model`)")  # fmt: skip
     doc = json.loads(doc_path.read_text())
-    clip = load_clip(doc["clip"]["model"], doc["clip"]["pretrained"], doc["clip"]["precision"])
+    clip = load_clip_from(doc["clip"])
     visual = None
     if doc["backbone"] == "lora":
         from clipva.lora import load_adapters

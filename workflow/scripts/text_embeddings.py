@@ -1,13 +1,13 @@
 import numpy as np
 
 from clipva.atomic import atomic_path
-from clipva.encoder import encode_texts, load_clip
+from clipva.encoder import encode_texts, load_clip_from
 from clipva.jobs import log, run_job
 from clipva.prompts import emotion_prompts
 
 
 def main(smk):
-    clip = load_clip(smk.params.clip["model"], smk.params.clip["pretrained"], smk.params.clip["precision"])
+    clip = load_clip_from(smk.params.clip)
     prompts = emotion_prompts(int(smk.wildcards.bins))
     with atomic_path(smk.output[0]) as tmp:
         np.savez(tmp, embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
