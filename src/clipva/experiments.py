@@ -7,16 +7,13 @@ deviation, ddof=1), each fold's value, and the value over all folds' test predic
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from clipva.evaluation import metrics_on_test_split  # noqa: E402
-from clipva.metrics import DIMENSIONS, METRICS  # noqa: E402
-from clipva.plots import save_figure  # noqa: E402
+from clipva.evaluation import metrics_on_test_split
+from clipva.metrics import DIMENSIONS, METRICS
+from clipva.plots import save_figure
 
 VIEWS = ("pooled", "per_clip")
 
@@ -86,7 +83,8 @@ def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
 
 def plot_comparison(table: pd.DataFrame, path: str) -> None:
     """Test CCC of each run (valence, arousal, mean), with the ridge probe of the same features."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(table) + 2), 3.6))
+    fig = Figure(figsize=(max(4.0, 1.6 * len(table) + 2), 3.6))
+    ax = fig.subplots()
     x = np.arange(len(table))
     for k, (column, label) in enumerate([("ccc_valence", "valence"), ("ccc_arousal", "arousal"),
                                          ("mean_ccc", "mean")]):  # fmt: skip
@@ -105,7 +103,8 @@ def plot_cv(table: pd.DataFrame, path: str) -> None:
     pooled = table[(table["view"] == "pooled") & (table["metric"].isin(["ccc", "mean_ccc"]))]
     runs = list(dict.fromkeys(pooled["run"]))
     folds = [c for c in table.columns if c.startswith("fold")]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(runs) + 2), 3.6))
+    fig = Figure(figsize=(max(4.0, 1.8 * len(runs) + 2), 3.6))
+    ax = fig.subplots()
     for k, dim in enumerate(("valence", "arousal", "mean")):
         part = pooled.set_index("run").loc[runs]
         part = part[part["dimension"] == dim]

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from clipva.atomic import atomic_path
+from clipva.metrics import DIMENSIONS
 
-from clipva.atomic import atomic_path  # noqa: E402
-from clipva.metrics import DIMENSIONS  # noqa: E402
+# Figures are built with matplotlib's object API, not pyplot: no backend is chosen for (or imposed on) the
+# program that imports clipva, and no figure is kept in pyplot's registry after it is saved.
 
 
-def save_figure(fig: plt.Figure, path: str) -> None:
-    """Write a figure as PNG, atomically, and free it."""
+def save_figure(fig: Figure, path: str) -> None:
+    """Write a figure as PNG, atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def training_curves(pretrain: list[dict], finetune: list[dict], path: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
     if pretrain:
         epochs = [r["epoch"] + 1 for r in pretrain]
         for key in ("loss", "vision_language", "temporal"):
@@ -46,7 +47,8 @@ def _test(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def scatter(predictions: pd.DataFrame, path: str) -> None:
     test = _test(predictions)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig = Figure(figsize=(9, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, dim in zip(axes, DIMENSIONS, strict=True):
         ax.scatter(test[dim], test[f"{dim}_pred"], s=6, alpha=0.4)
         ax.plot([-10, 10], [-10, 10], "k--", lw=1)
@@ -60,7 +62,8 @@ def scatter(predictions: pd.DataFrame, path: str) -> None:
 def timeseries(predictions: pd.DataFrame, path: str, n_clips: int) -> None:
     test = _test(predictions)
     clip_ids = sorted(test["clip_id"].unique())[:n_clips]
-    fig, axes = plt.subplots(len(clip_ids), 1, figsize=(9, 2.2 * max(1, len(clip_ids))), squeeze=False)
+    fig = Figure(figsize=(9, 2.2 * max(1, len(clip_ids))))
+    axes = fig.subplots(len(clip_ids), 1, squeeze=False)
     for ax, clip_id in zip(axes[:, 0], clip_ids, strict=True):
         c = predictions[predictions["clip_id"] == clip_id]
         for dim, colour in zip(DIMENSIONS, ("tab:blue", "tab:red"), strict=True):
@@ -75,10 +78,11 @@ def timeseries(predictions: pd.DataFrame, path: str, n_clips: int) -> None:
 
 def circumplex(predictions: pd.DataFrame, path: str) -> None:
     test = _test(predictions)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(test["valence"], test["arousal"], s=6, alpha=0.35, label="annotated")
     ax.scatter(test["valence_pred"], test["arousal_pred"], s=6, alpha=0.35, label="predicted")
-    ax.add_patch(plt.Circle((0, 0), 10, fill=False, color="grey", lw=0.8))
+    ax.add_patch(Circle((0, 0), 10, fill=False, color="grey", lw=0.8))
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set(xlim=(-10.5, 10.5), ylim=(-10.5, 10.5), xlabel="valence", ylabel="arousal",
@@ -99,7 +103,7 @@ def all_plots(pretrain: list[dict], finetune: list[dict], predictions: pd.DataFr
 
 def video_curves(table: pd.DataFrame, path: str, title: str = "") -> None:
     """Valence and arousal of a video over time (frames without a face shaded), and its valence-arousal path."""
-    fig = plt.figure(figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
     grid = fig.add_gridspec(2, 2, width_ratios=(2.2, 1))
     t = table["time"].to_numpy()
     no_face = ~table["face_found"].to_numpy(dtype=bool)

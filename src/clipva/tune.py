@@ -191,6 +191,7 @@ def plot_study(study, history_png: str | Path, importance_png: str | Path) -> No
     """Optuna's optimisation history and parameter importances (matplotlib), each into its own file."""
     import warnings
 
+    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
     with warnings.catch_warnings():
@@ -199,6 +200,7 @@ def plot_study(study, history_png: str | Path, importance_png: str | Path) -> No
             fig = plot(study).figure
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)  # optuna draws through pyplot, which keeps every figure until it is closed
 
 
 def _importance(study):
