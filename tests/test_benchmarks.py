@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO
 
 BENCHMARKS = REPO / "benchmarks"
+pytestmark = pytest.mark.slow  # several torch processes: minutes in all
 
 
 def run(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> str:
