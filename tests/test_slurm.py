@@ -1,8 +1,8 @@
 """The README's cluster commands, run on a real one-node SLURM cluster on loopback through profiles/slurm.
 
 Starts munged, slurmctld and slurmd from Debian's packages (installed here if missing; needs root), with a
-fake GPU declared through gres (tests/slurm_loopback.py), runs the command lines of the README's "Running
-on a cluster" block on the tiny demo, checks the controller's record of the jobs and that the result
+fake GPU declared through gres (tests/slurm_loopback.py), runs the command lines of the README's "A cluster:
+the SLURM profile" block on the tiny demo, checks the controller's record of the jobs and that the result
 equals a local run's, and stops every daemon it started by PID.
 """
 
@@ -16,6 +16,7 @@ from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
 from slurm_loopback import Unavailable, loopback_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
+CLUSTER_SECTION = "## A cluster: the SLURM profile"
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def cluster(tmp_path_factory):
 
 
 def readme_cluster_commands() -> list[str]:
-    """The command lines of the README's "Running on a cluster" code block."""
-    section = (REPO / "README.md").read_text().split("## Running on a cluster")[1]
+    """The command lines of the code block of the README's cluster section."""
+    section = (REPO / "README.md").read_text().split(CLUSTER_SECTION)[1]
     block = section.split("```bash\n")[1].split("```")[0]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
