@@ -51,7 +51,7 @@ def main() -> None:
     for name, t in times.items():
         setup, epoch = median(t["setup"]), median(t["epoch"])
         cost[name] = setup + epochs * epoch
-        print(f"{name:7s}: set-up {setup:6.2f} s, epoch {epoch:6.2f} s -> a run of {epochs} epochs {cost[name]:7.1f} s")
+        print(f"{name:7s}: set-up {setup:6.2f} s, epoch {epoch:6.2f} s -> a run of {epochs} epochs {cost[name]:8.2f} s")
     print(f"ratio set-up now / before : {median(times['now']['setup']) / median(times['before']['setup']):.2f}")
     print(f"ratio epoch now / before  : {median(times['now']['epoch']) / median(times['before']['epoch']):.2f}")
     print(f"ratio run now / before    : {cost['now'] / cost['before']:.2f}  (target <= 2)")
