@@ -110,7 +110,6 @@ class TemporalHead(nn.Module):
         mean = torch.where(mask.unsqueeze(-1), h, 0.0).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return va, self.pool_proj(mean)
 
-
     def finish(self, va: Tensor, mask: Tensor) -> Tensor:
         """Per-frame outputs (B, T, 2) before smoothing -> the head's outputs: smoothed, through the output."""
         if self.cfg.smoothing:

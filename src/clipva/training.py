@@ -237,28 +237,29 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
     # With the encoder's output at zero the head predicts finish(linear(whitened features)): the validation
     # windows are whitened once, and each candidate costs a linear map and a smoothing, not a forward pass.
     head.eval()
-    whitened = []
+    whitened = []  # per validation clip: frames, window starts, whitened windows, their (all real) frames
     for f in backbone.features_of(val):
         starts, windows = clip_windows(f, window["window"], window["stride"], head.feature_mean.device)
-        whitened.append((len(f), starts, head.whiten(windows)))
+        real = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
+        whitened.append((len(f), starts, head.whiten(windows), real))
+    solutions = dict(zip(alphas, ridge_solutions(z, target, alphas), strict=True))
     scores = {}
-    for alpha, (w, b) in zip(alphas, ridge_solutions(z, target, alphas), strict=True):
+    for alpha, (w, b) in solutions.items():
         head.linear.weight.copy_(w.T)
         head.linear.bias.copy_(b)
-        readouts = [(n, starts, head.linear(x)) for n, starts, x in whitened]
+        readouts = [(n, starts, head.linear(x), real) for n, starts, x, real in whitened]
         for sigma in sigmas if head.cfg.smoothing else (1.0,):
             head.log_sigma.fill_(math.log(sigma))
-            preds = [merge_predictions(n, starts, head.finish(r, torch.ones(r.shape[:2], dtype=torch.bool,
-                                                                            device=r.device)))
-                     for n, starts, r in readouts]  # fmt: skip
-            scores[(alpha, sigma)] = (pooled_ccc(val, preds)["mean"], w.T.clone(), b.clone())
-    alpha, sigma = max(scores, key=lambda k: scores[k][0])
-    head.linear.weight.copy_(scores[(alpha, sigma)][1])
-    head.linear.bias.copy_(scores[(alpha, sigma)][2])
+            preds = [merge_predictions(n, starts, head.finish(r, real)) for n, starts, r, real in readouts]
+            scores[(alpha, sigma)] = pooled_ccc(val, preds)["mean"]
+    alpha, sigma = max(scores, key=scores.get)
+    w, b = solutions[alpha]
+    head.linear.weight.copy_(w.T)
+    head.linear.bias.copy_(b)
     head.log_sigma.fill_(math.log(sigma))
     log.info("finetune: linear path from ridge (alpha %g, smoothing %g frames), val mean CCC %.3f", alpha, sigma,
-             scores[(alpha, sigma)][0])  # fmt: skip
-    return {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)][0]}
+             scores[(alpha, sigma)])  # fmt: skip
+    return {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)]}
 
 
 def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalHead, window: dict, cfg: dict,
