@@ -235,6 +235,25 @@ def _video_id(name: str, video_id: str) -> Callable[[Path, int], Case]:
     return build
 
 
+def _frame_links_out(root: Path, clip_id: int) -> Case:
+    """Frame BAD_FRAME is a link to a PNG outside the data root: never read."""
+    write_good_clip(root, clip_id, N_FRAMES)
+    outside = root.parent / f"outside-{clip_id:03d}.png"
+    png = _png(root, clip_id)
+    png.rename(outside)
+    png.symlink_to(outside)
+    return Case("frame_links_out", root, "bad", png, "links out of the data root", f"{BAD_FRAME:05d}",
+                f"{clip_id:03d}")  # fmt: skip
+
+
+def _clip_folder_links_out(root: Path, clip_id: int) -> Case:
+    """The clip folder is a link to a folder outside the data root: never read."""
+    elsewhere = write_good_clip(root.parent / f"elsewhere-{clip_id:03d}", clip_id, N_FRAMES)
+    _folder(root, clip_id).symlink_to(elsewhere)
+    return Case("clip_folder_links_out", root, "bad", _folder(root, clip_id), "clip folder links out of the data root",
+                None, f"{clip_id:03d}")  # fmt: skip
+
+
 def _non_ascii_root(root: Path, clip_id: int) -> Case:
     """Good clips under a root whose name has spaces and non-ASCII characters (the others stay unused)."""
     odd = root.with_name("AFEW VA données ü 2")
@@ -292,9 +311,16 @@ CASES: dict[str, Callable[[Path, int], Case]] = {
     "duplicate_folder_id": _duplicate_folder_id,
     "video_id_of_another_clip": _video_id("video_id_of_another_clip", "001"),
     "video_id_disagrees": _video_id("video_id_disagrees", "117"),
+    "video_id_is_a_path": _video_id("video_id_is_a_path", "../../etc"),
+    "frame_links_out": _frame_links_out,
+    "clip_folder_links_out": _clip_folder_links_out,
     "non_ascii_root": _non_ascii_root,
     "missing_root": _missing_root,
 }  # fmt: skip
+
+
+ROOT_CASES = ("non_ascii_root", "missing_root")  # about the data root itself, not one clip of it
+CLIP_CASES = [name for name in CASES if name not in ROOT_CASES]  # make_corpus puts them all in one data set
 
 
 def make_case(name: str, base: Path) -> Case:

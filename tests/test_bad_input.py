@@ -12,6 +12,7 @@ import pytest
 from conftest import run_snakemake
 from corpus import (
     CASES,
+    CLIP_CASES,
     N_FRAMES,
     expected_frames,
     frame_grey,
@@ -76,6 +77,27 @@ def test_case_in_both_modes(name, tmp_path):
     if case.kind == "valid":
         assert problems == []
         assert (frames["clip_id"] == case.clip).sum() == len(case.rgb or range(N_FRAMES))
+
+
+def test_every_case_in_one_data_set_is_in_one_report_once(tmp_path):
+    """All clip-level cases broken in one data set: with 'skip' each left-out clip or frame is listed once,
+    with its reason, and each handled quirk once among the notes; with 'error' the first one stops."""
+    root = tmp_path / "afew-va"
+    cases = make_corpus(root, CLIP_CASES)
+    frames, problems = index_dataset(root, "skip")
+    assert set(zip(frames["clip_id"], frames["frame"], strict=True)) == expected_frames(cases)
+    left_out, notes = _report(problems, frames, tmp_path / "report.txt")
+    bad = [case for case in cases if case.kind == "bad"]
+    assert len(left_out) == len(bad)
+    for case in bad:
+        assert sum(line.startswith(case.message) for line in left_out) == 1, (case.name, left_out)
+    for case in cases:
+        if case.kind == "note":
+            assert sum(line.startswith(case.message) for line in notes) == 1, (case.name, notes)
+    first = min(bad, key=lambda case: int(case.clip))
+    with pytest.raises(BadInputError) as err:
+        index_dataset(root, "error")
+    assert str(err.value).startswith(first.message)
 
 
 @pytest.mark.parametrize("name", IMAGE_CASES)
@@ -282,10 +304,6 @@ def test_frames_that_pass_the_index_but_cannot_be_decoded_stop_or_are_skipped_at
         load_splits(str(tmp_path / "f.h5"), str(tmp_path / "clips.csv"), ("train",))
 
 
-COMBINED = ["corrupt_png", "malformed_json", "valence_out_of_range", "video_id_disagrees", "png_16bit",
-            "grayscale_png", "rgba_png"]  # fmt: skip
-
-
 @pytest.mark.e2e
 def test_workflow_stops_on_a_corrupt_png_naming_file_and_frame(tmp_path):
     case = make_case("corrupt_png", tmp_path / "data")
@@ -297,22 +315,26 @@ def test_workflow_stops_on_a_corrupt_png_naming_file_and_frame(tmp_path):
     assert len(errors) == 1 and case.message in errors[0], log
     assert "Traceback" not in log
     assert not (tmp_path / "results/index/frames.csv").exists()
+    dry = run_snakemake(tmp_path, "-n", "results/index/frames.csv", overrides={"dataset": {"root": str(case.root)}})
+    assert re.search(r"^index\s+1$", dry.stdout, re.M), dry.stdout  # nothing a later run takes as finished
 
 
 @pytest.mark.e2e
 def test_workflow_skips_every_broken_clip_of_a_mixed_data_set(tmp_path):
+    """The whole corpus in one data set, one run: each left-out clip or frame in exactly one report."""
     root = tmp_path / "AFEW VA données ü"
-    cases = make_corpus(root, COMBINED)
+    cases = make_corpus(root, CLIP_CASES)
     undecodable = _scramble(root, 2, [2])[0]  # passes the index; left out at extraction
     run_snakemake(tmp_path, "features", overrides={"dataset": {"root": str(root), "on_bad_input": "skip"}})
     report = (tmp_path / "results/index/validation_report.txt").read_text(encoding="utf-8")
     left_out = report.split("left out (")[1].split("\n\n")[0].splitlines()[1:]
     bad = [case for case in cases if case.kind == "bad"]
     assert report.count(f"left out ({len(bad)}):") == 1 and len(left_out) == len(bad)
-    for line, case in zip(left_out, bad, strict=True):
-        assert line.strip().startswith(case.message), (line, case.message)
+    for case in bad:
+        assert sum(line.strip().startswith(case.message) for line in left_out) == 1, (case.name, left_out)
     extraction = (tmp_path / "results/features/extraction_report.txt").read_text(encoding="utf-8")
     assert f"could not be decoded (1):\n  {undecodable} (frame 00002): cannot decode frame (" in extraction
+    assert str(undecodable) not in report and not any(case.message in extraction for case in bad)
     kept = expected_frames(cases) - {("002", 2)}
     by_name = {case.name: case.clip for case in cases}
     with h5py.File(tmp_path / "results/features/features.h5") as f:

@@ -23,8 +23,11 @@ from clipva.errors import BadInputError
 
 N_LANDMARKS = 68
 VA_RANGE = (-10, 10)
-FRAME_RE = re.compile(r"^(\d+)\.png$")
-CLIP_RE = re.compile(r"^\d+$")
+# Frame and clip numbers: AFEW-VA uses 5 and 3 digits; more than 9 is not a number this reader trusts.
+FRAME_RE = re.compile(r"^(\d{1,9})\.png$", re.ASCII)
+CLIP_RE = re.compile(r"^\d{1,9}$", re.ASCII)
+FRAME_KEY_RE = CLIP_RE
+MAX_LABEL_FILE_BYTES = 256 * 2**20  # a label file larger than this is refused, not read into memory
 # Landmarks may stray this far (fraction of the frame size) outside the frame before it is an error.
 LANDMARK_TOLERANCE = 0.05
 
@@ -50,7 +53,9 @@ def _label(value: object, key: str) -> tuple[float | None, str | None]:
     if value is None:
         return None, f"missing {key}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"{key} is not a number ({value!r})"
+        return None, f"{key} is not a number ({short_repr(value)})"
+    if isinstance(value, int) and abs(value) > 10**6:  # also ints too large for a float
+        return None, f"{key} {short_repr(value)} is outside {VA_RANGE[0]}..{VA_RANGE[1]}"
     if not math.isfinite(value):
         return None, f"{key} is not finite ({value!r})"
     if not VA_RANGE[0] <= value <= VA_RANGE[1]:
@@ -63,7 +68,7 @@ def _landmarks(value: object, width: int, height: int) -> tuple[np.ndarray | Non
         return None, "missing landmarks"
     try:
         points = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         return None, "landmarks are not a list of [x, y] numbers"
     if points.shape != (N_LANDMARKS, 2):
         return None, f"landmarks have shape {points.shape}, expected ({N_LANDMARKS}, 2)"
@@ -80,14 +85,39 @@ def _landmarks(value: object, width: int, height: int) -> tuple[np.ndarray | Non
     return points, None
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """repr of a value from a data file, cut to `limit` characters for a message (an integer of thousands
+    of digits would otherwise fill it)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {len(str(value))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_json(path: Path, what: str = "annotation file") -> object:
-    """A JSON file's content; a missing or malformed file raises BadInputError naming it."""
+    """A JSON file's content; a missing, oversized or malformed file raises BadInputError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise BadInputError(f"{path}: {what} is larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise BadInputError(f"{path}: {what} is missing") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: {what} is a folder, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: malformed JSON ({err})") from None
+    except RecursionError:
+        raise BadInputError(f"{path}: malformed JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer literal with more digits than Python converts
+        raise BadInputError(f"{path}: malformed JSON ({err})") from None
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every link followed, lies in the folder `root` (resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
 
 
 def read_annotation(path: Path) -> dict:
@@ -108,31 +138,55 @@ def _frame_size(path: Path) -> tuple[int, int]:
     return size
 
 
-def scan_clip(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """One clip folder -> its usable frames (FRAME_COLUMNS) and every problem found."""
+def scan_clip(folder: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[Problem]]:
+    """One clip folder -> its usable frames (FRAME_COLUMNS) and every problem found.
+
+    Files are read only where they lie in `root` (default: the folder's parent) once links are followed:
+    a frame or annotation that links out of the data root is a problem, never read.
+    """
     clip_id = folder.name
+    root = (root or folder.parent).resolve()
     problems: list[Problem] = []
     json_path = folder / f"{clip_id}.json"
-    pngs = {int(m.group(1)): p for p in folder.iterdir() if (m := FRAME_RE.match(p.name))}
+    pngs = {}
+    for p in folder.iterdir():
+        if not (m := FRAME_RE.match(p.name)):
+            continue
+        index = int(m.group(1))
+        if not inside(p, root):
+            problems.append(Problem(str(p), f"links out of the data root {root}: not read", f"{index:05d}"))
+        elif index in pngs:
+            first, second = sorted([pngs[index], p])
+            twice = f"frame number {index} twice ({first.name}): not read"
+            problems.append(Problem(str(second), twice, f"{index:05d}"))
+            pngs[index] = first
+        else:
+            pngs[index] = p
+    nothing = pd.DataFrame(columns=FRAME_COLUMNS)
     if not pngs:
-        return pd.DataFrame(columns=FRAME_COLUMNS), [Problem(str(folder), "clip folder has no frames")]
+        return nothing, [*problems, Problem(str(folder), "clip folder has no frames")]
+    if not inside(json_path, root):
+        return nothing, [*problems, Problem(str(json_path), f"links out of the data root {root}: not read")]
     try:
         data = read_annotation(json_path)
     except BadInputError as err:
-        return pd.DataFrame(columns=FRAME_COLUMNS), [Problem(str(json_path), str(err).split(": ", 1)[1])]
-    actor = str(data.get("actor") or "")
-    if not actor:
+        return nothing, [*problems, Problem(str(json_path), str(err).removeprefix(f"{json_path}: "))]
+    actor = data.get("actor")
+    if isinstance(actor, int) and not isinstance(actor, bool):
+        actor = str(actor)
+    if not isinstance(actor, str) or not actor.strip():
+        given = "no actor given" if actor in (None, "") else f"actor {short_repr(actor)} is not a name"
         actor = f"unknown-{clip_id}"
-        problems.append(Problem(str(json_path), f"no actor given: treated as its own actor {actor!r}", fatal=False))
+        problems.append(Problem(str(json_path), f"{given}: treated as its own actor {actor!r}", fatal=False))
     video_id = data.get("video_id")
     if video_id is not None and str(video_id) != clip_id:
-        problems.append(Problem(str(json_path), f"video_id {video_id!r} disagrees with folder {clip_id!r}"))
-        return pd.DataFrame(columns=FRAME_COLUMNS), problems
+        problems.append(Problem(str(json_path), f"video_id {short_repr(video_id)} disagrees with folder {clip_id!r}"))
+        return nothing, problems
 
     labels: dict[int, dict] = {}
     for key, entry in data["frames"].items():
-        if not (isinstance(key, str) and key.isdigit()):
-            problems.append(Problem(str(json_path), f"frame key {key!r} is not a frame number"))
+        if not FRAME_KEY_RE.match(key):
+            problems.append(Problem(str(json_path), f"frame key {short_repr(key)} is not a frame number"))
             continue
         if int(key) not in pngs:
             problems.append(Problem(str(json_path), "label without a frame (PNG missing)", key, fatal=False))
@@ -199,25 +253,27 @@ def index_dataset(root: str | Path, on_bad_input: str = "error") -> tuple[pd.Dat
     root = Path(root)
     if not root.is_dir():
         raise BadInputError(f"{root}: data root does not exist or is not a folder")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and CLIP_RE.match(p.name))
+    real_root = root.resolve()
+    folders = [p for p in sorted(root.iterdir()) if CLIP_RE.match(p.name) and p.is_dir()]
     if not folders:
         raise BadInputError(f"{root}: no clip folders (named by number, e.g. 001) found")
     problems: list[Problem] = []
     tables = []
     seen: dict[int, str] = {}
     for folder in folders:
+        found: list[Problem] = []
+        frames = None
         if int(folder.name) in seen:
-            duplicate = Problem(str(folder), f"duplicate clip id: {seen[int(folder.name)]} has the same number")
-            if on_bad_input == "error":
-                raise BadInputError(str(duplicate))
-            problems.append(duplicate)
-            continue
-        seen[int(folder.name)] = folder.name
-        frames, found = scan_clip(folder)
+            found = [Problem(str(folder), f"duplicate clip id: {seen[int(folder.name)]} has the same number")]
+        elif not inside(folder, real_root):
+            found = [Problem(str(folder), f"clip folder links out of the data root {real_root}: not read")]
+        else:
+            seen[int(folder.name)] = folder.name
+            frames, found = scan_clip(folder, real_root)
         problems += found
         if on_bad_input == "error" and any(p.fatal for p in found):
             raise BadInputError(str(next(p for p in found if p.fatal)))
-        if len(frames):
+        if frames is not None and len(frames):
             tables.append(frames)
     if not tables:
         raise BadInputError(f"{root}: no usable clip found ({len(problems)} problems)")

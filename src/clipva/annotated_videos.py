@@ -30,22 +30,48 @@ that frame) keeps its PNG but loses its label, so that no whole-frame crop is tr
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clipva.afew import BOX_COLUMNS, N_LANDMARKS, load_json
+from clipva.afew import BOX_COLUMNS, MAX_LABEL_FILE_BYTES, N_LANDMARKS, inside, load_json, short_repr
 from clipva.atomic import write_csv
 from clipva.demo import write_afew_clip
 from clipva.errors import BadInputError
 from clipva.faces import FaceDetector, track_main_face
 from clipva.video import decode, list_videos, probe
 
+log = logging.getLogger(__name__)
 LABEL_SUFFIXES = (".csv", ".json")
 _PNG_OPTIONS = {"compress_level": 1, "optimize": False}
 _EPS = 1e-6
+MAX_FRAME = 2**31 - 1  # frame numbers beyond this are in no video
+
+
+def _as_float(value: object) -> float:
+    """A label file's cell as a float: NaN for what is not a number (text, lists, booleans), inf for an
+    integer beyond float range."""
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text[:limit]
 
 
 def label_file(video: str | Path) -> Path:
@@ -63,11 +89,15 @@ def _records(path: Path) -> tuple[pd.DataFrame, str | None]:
     """The label table of a CSV or JSON file as read (no checks of the values) and the actor of the JSON."""
     if path.suffix.lower() == ".csv":
         try:
-            table = pd.read_csv(path, skipinitialspace=True)
+            if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+                raise BadInputError(f"{path}: label file is larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
+            table = pd.read_csv(path, skipinitialspace=True, encoding="utf-8", encoding_errors="strict")
         except FileNotFoundError:
             raise BadInputError(f"{path}: label file is missing") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise BadInputError(f"{path}: malformed CSV ({type(err).__name__}: {err})") from None
+        except IsADirectoryError:
+            raise BadInputError(f"{path}: label file is a folder, not a file") from None
+        except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+            raise BadInputError(f"{path}: malformed CSV ({type(err).__name__}: {_first_line(err)})") from None
         return table, None
     data = load_json(path, "label file")
     actor = None
@@ -89,6 +119,9 @@ def read_labels(path: str | Path, scale: float = 10.0) -> tuple[pd.DataFrame, st
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     table, actor = _records(path)
     table.columns = [str(c).strip().lower() for c in table.columns]
+    repeated = table.columns[table.columns.duplicated()]
+    if len(repeated):
+        raise BadInputError(f"{path}: column {repeated[0]!r} appears more than once")
     keys = [k for k in ("frame", "time") if k in table.columns]
     missing = [c for c in ("valence", "arousal") if c not in table.columns]
     if table.empty:
@@ -97,20 +130,27 @@ def read_labels(path: str | Path, scale: float = 10.0) -> tuple[pd.DataFrame, st
         need = "valence, arousal and one of frame or time"
         raise BadInputError(f"{path}: columns {', '.join(table.columns)}; need {need}")
     key = keys[0]
+    ignored = [c for c in table.columns if c not in (key, "valence", "arousal", "actor")]
+    if ignored:  # never used, whatever they hold (a path included)
+        log.warning("%s: ignored columns: %s", path, ", ".join(short_repr(c) for c in ignored))
     csv = path.suffix.lower() == ".csv"
     where = (lambda i: f"line {i + 2}") if csv else (lambda i: f"label {i}")  # noqa: E731 - CSV line 1: header
     out = pd.DataFrame(index=table.index)
     for column in (key, "valence", "arousal"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values.astype(float))
+        values = table[column].map(_as_float).astype(float)
+        bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise BadInputError(f"{path} ({where(i)}): {column} is not a number ({table[column].iloc[i]!r})")
+            raise BadInputError(f"{path} ({where(i)}): {column} is not a number ({short_repr(table[column].iloc[i])})")
         out[column] = values.astype(float)
     if (out[key] < 0).any():
         i = int(np.flatnonzero((out[key] < 0).to_numpy())[0])
         raise BadInputError(f"{path} ({where(i)}): {key} {out[key].iloc[i]} is negative")
     if key == "frame":
+        beyond = out[key] > MAX_FRAME
+        if beyond.any():
+            i = int(np.flatnonzero(beyond.to_numpy())[0])
+            raise BadInputError(f"{path} ({where(i)}): frame {out[key].iloc[i]:g} is beyond any video")
         fractional = out[key] != out[key].round()
         if fractional.any():
             i = int(np.flatnonzero(fractional.to_numpy())[0])
@@ -236,6 +276,11 @@ def convert_annotated_videos(src: str | Path, dst: str | Path, fps: float | None
     videos = list_videos(src)
     dst = Path(dst)
     label_files = [label_file(v) for v in videos]
+    if Path(src).is_dir():  # a data root: nothing in it may lead out of it
+        root = Path(src).resolve()
+        for path in [*videos, *label_files]:
+            if not inside(path, root):
+                raise BadInputError(f"{path}: links out of the data root {root}: not read")
     for path in label_files:
         read_labels(path, scale)
     detector = detector or FaceDetector()

@@ -15,6 +15,13 @@ os.environ.update(
 )
 
 from clipva import provenance
+from clipva.errors import ConfigError
+from clipva.settings import check_finite
+
+try:  # what the schema cannot check (it lets NaN through)
+    check_finite(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 # torch's OpenMP threads spin while waiting; on a busy or shared machine that stalls every parallel region
 # (benchmarks/README.md: a 60-clip build 109 s -> 65 s with PASSIVE). Jobs inherit it; a user's value wins.

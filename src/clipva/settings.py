@@ -1,0 +1,29 @@
+"""Checks of a configuration that its JSON schema cannot express.
+
+JSON Schema's ``minimum``/``maximum`` let NaN through (every comparison with NaN is false), and YAML reads
+``.nan`` and ``.inf`` as numbers, so a schema-valid config can still hold a number no setting can use.
+"""
+
+from __future__ import annotations
+
+import math
+
+from clipva.errors import ConfigError
+
+
+def non_finite_keys(config: object, prefix: str = "") -> list[str]:
+    """The dotted keys (list items as ``key[i]``) of every NaN or infinite number in a nested config."""
+    if isinstance(config, float):
+        return [] if math.isfinite(config) else [prefix or "(top level)"]
+    if isinstance(config, dict):
+        return [k for key, value in config.items() for k in non_finite_keys(value, f"{prefix}.{key}".lstrip("."))]
+    if isinstance(config, list | tuple):
+        return [k for i, value in enumerate(config) for k in non_finite_keys(value, f"{prefix}[{i}]")]
+    return []
+
+
+def check_finite(config: dict, where: str = "config") -> None:
+    """ConfigError naming each key whose value is NaN or infinite."""
+    bad = non_finite_keys(config)
+    if bad:
+        raise ConfigError(f"{where}: {', '.join(bad)}: not a finite number (NaN and infinity are not settings)")
