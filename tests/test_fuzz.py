@@ -14,13 +14,16 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -30,8 +33,11 @@ from snakemake.utils import validate
 
 from clipva.afew import BOX_COLUMNS, FRAME_RE, N_LANDMARKS, Problem, index_dataset, scan_clip
 from clipva.annotated_videos import convert_annotated_videos, read_labels
+from clipva.checkpoints import load_head, save_head
 from clipva.errors import BadInputError, ClipvaError, ConfigError
-from clipva.predict import MODEL_FILE, export_model, read_model_config
+from clipva.head import HeadConfig, TemporalHead
+from clipva.model_folder import MODEL_FILE, check_files, export_model, load_head_weights, read_model_config
+from clipva.predict import load_model
 from clipva.settings import check_finite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,8 +129,9 @@ in_range = st.one_of(st.integers(-10, 10), st.floats(-10, 10))
 @st.composite
 def valid_annotations(draw) -> dict:
     frames = draw(st.lists(st.integers(0, 3), unique=True))
-    labels = {f"{i:05d}": {"valence": draw(in_range), "arousal": draw(in_range), "landmarks": GOOD_LANDMARKS}
-              for i in frames}  # fmt: skip
+    labels = {
+        f"{i:05d}": {"valence": draw(in_range), "arousal": draw(in_range), "landmarks": GOOD_LANDMARKS} for i in frames
+    }
     return {"actor": draw(names), "video_id": "004", "frames": labels}
 
 
@@ -250,8 +257,10 @@ def valid_labels(draw) -> list[dict]:
     """Label records that every scale (1 or 10) accepts: distinct frames or times, values in -1..1."""
     key = draw(st.sampled_from(["frame", "time"]))
     at = st.integers(0, 10**6) if key == "frame" else st.floats(0, 1e5)
-    return [{key: t, "valence": draw(st.floats(-1, 1)), "arousal": draw(st.floats(-1, 1))}
-            for t in draw(st.lists(at, unique=True, min_size=1, max_size=8))]  # fmt: skip
+    return [
+        {key: t, "valence": draw(st.floats(-1, 1)), "arousal": draw(st.floats(-1, 1))}
+        for t in draw(st.lists(at, unique=True, min_size=1, max_size=8))
+    ]
 
 
 @st.composite
@@ -346,7 +355,7 @@ def _near(default) -> st.SearchStrategy:
         return st.floats(-0.5, 2 * default + 1) | st.sampled_from([math.nan, math.inf])
     if isinstance(default, str):
         return st.sampled_from([default, default.upper(), "", "x"])
-    return st.just(default)
+    return st.just(default).map(copy.deepcopy)  # a copy: the test edits it, DEFAULT_CONFIG stays as read
 
 
 def _default_at(path: tuple):
@@ -403,35 +412,52 @@ def test_config_with_nan_or_a_run_named_dot_dot_is_refused():
 
 # --- an exported model's config ------------------------------------------------------------------------------
 
-pretrained = st.one_of(
-    st.none(),
-    st.sampled_from(
-        ["openai", "clip_weights.pt", "../outside.pt", "/etc/passwd", "sub/../clip_weights.pt", "missing.pt", "link.pt"]
-    ),
-    json_values,
-)
+HEAD = asdict(HeadConfig(in_dim=8, d_model=8, depth=1, heads=2, embed_dim=8))
 model_docs = st.fixed_dictionaries(
     {
-        "clip": st.fixed_dictionaries(
-            {
-                "model": st.sampled_from(["ViT-B-32", "clipva-tiny"]),
-                "pretrained": st.sampled_from([None, "openai", "clip_weights.pt"]),
-                "precision": st.sampled_from(["auto", "fp32", "bf16"]),
+        "format": st.just("clipva-model"),
+        "version": st.just(1),
+        "clip": st.builds(
+            lambda arch_weights, precision: {
+                "model": arch_weights[0],
+                "pretrained": arch_weights[1],
+                "precision": precision,
             },
+            st.sampled_from(
+                [
+                    ("ViT-B-32", None),
+                    ("ViT-B-32", "openai"),
+                    ("ViT-B-32", "clip_weights.safetensors"),
+                    ("clipva-tiny", None),
+                    ("clipva-tiny", "clip_weights.safetensors"),
+                ]
+            ),
+            st.sampled_from(["auto", "fp32", "bf16"]),
         ),
         "face_crop": st.fixed_dictionaries(
             {"method": st.sampled_from(["landmarks", "none"]), "margin": st.floats(0, 1) | st.integers(0, 2)}
         ),
         "backbone": st.sampled_from(["frozen", "lora"]),
+        "head": st.builds(
+            lambda kind, smoothing: {**HEAD, "type": kind, "smoothing": smoothing},
+            st.sampled_from(["transformer", "conv", "gru", "none"]),
+            st.booleans(),
+        ),
+        "window": st.fixed_dictionaries({"window": st.integers(1, 64), "stride": st.integers(1, 64)}),
     },
-)  # valid ones; `files` changes some values, among them to pretrained paths that lead out of the folder
-pretrained_values = st.sampled_from(["../outside.pt", "/etc/passwd", "sub/../clip_weights.pt", "missing.pt", "link.pt"])
-
-
+)  # valid ones; `files` changes some values, `escaping_docs` points the weights out of the folder
 escaping_docs = st.builds(
     lambda doc, weights: ((json.dumps({**doc, "clip": {**doc["clip"], "pretrained": weights}})).encode(), None),
     model_docs,
-    pretrained_values,
+    st.sampled_from(
+        [
+            "../outside.safetensors",
+            "/etc/passwd",
+            "sub/../clip_weights.safetensors",
+            "missing.safetensors",
+            "link.safetensors",
+        ]
+    ),
 )
 
 
@@ -439,13 +465,19 @@ escaping_docs = st.builds(
 def test_model_config_reader_keeps_weights_inside_the_folder_or_names_the_file(file):
     content, exact = file
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "outside.pt").write_bytes(b"not weights")
+        (Path(tmp) / "outside.safetensors").write_bytes(b"not weights")
         model = Path(tmp) / "model"
         model.mkdir()
-        (model / "clip_weights.pt").write_bytes(b"weights")
-        (model / "link.pt").symlink_to(Path(tmp) / "outside.pt")
+        (model / "clip_weights.safetensors").write_bytes(b"weights")
+        (model / "link.safetensors").symlink_to(Path(tmp) / "outside.safetensors")
         (model / MODEL_FILE).write_bytes(content)
         before = _snapshot(Path(tmp))
+        try:
+            check_files(model)  # the link leads out of the folder: the whole folder is refused
+            raise AssertionError("a folder with a link out of it was accepted")
+        except BadInputError as err:
+            assert str(err).startswith(str(model / "link.safetensors"))
+        (model / "link.safetensors").unlink()
         try:
             doc = read_model_config(model)
         except ClipvaError as err:
@@ -454,9 +486,11 @@ def test_model_config_reader_keeps_weights_inside_the_folder_or_names_the_file(f
         else:
             event(f"read, weights: {doc['clip']['pretrained'] and Path(doc['clip']['pretrained']).name}")
             weights = doc["clip"]["pretrained"]
-            assert weights in (None, "openai") or Path(weights) == (model / "clip_weights.pt").resolve()
+            assert weights in (None, "openai") or Path(weights) == (model / "clip_weights.safetensors").resolve()
             assert doc["backbone"] in ("frozen", "lora") and doc["face_crop"]["method"] in ("landmarks", "none")
-            assert math.isfinite(doc["face_crop"]["margin"])
+            assert math.isfinite(doc["face_crop"]["margin"]) and isinstance(doc["head"], HeadConfig)
+            TemporalHead(doc["head"])
+        del before["model/link.safetensors"]
         assert _snapshot(Path(tmp)) == before
 
 
@@ -517,19 +551,62 @@ def test_frame_or_annotation_linking_out_of_the_root_is_not_read(tmp_path):
         index_dataset(root, "error")
 
 
+def _exported(tmp_path: Path, pretrained: str | None = None) -> Path:
+    """A model folder exported from a real (untrained) head checkpoint."""
+    head = TemporalHead(HeadConfig(**HEAD))
+    save_head(tmp_path / "best.pt", head, {"window": 16, "stride": 8})
+    settings = {
+        "clip": {"model": "clipva-tiny", "pretrained": pretrained, "precision": "fp32"},
+        "face_crop": {"method": "landmarks", "margin": 0.2},
+        "training": {"backbone": "frozen"},
+    }
+    export_model(
+        tmp_path / "model",
+        tmp_path / "best.pt",
+        tmp_path / "no adapter",
+        settings,
+        None,
+        {"dataset": "test", "split": "none"},
+    )
+    return tmp_path / "model"
+
+
 def test_model_config_pointing_at_weights_outside_its_folder_is_refused(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (tmp_path / "stolen.pt").write_bytes(b"x")
-    for weights in ("../stolen.pt", str(tmp_path / "stolen.pt")):
-        doc = {
-            "clip": {"model": "clipva-tiny", "pretrained": weights, "precision": "fp32"},
-            "face_crop": {"method": "none", "margin": 0},
-            "backbone": "frozen",
-        }
+    model = _exported(tmp_path)
+    (tmp_path / "stolen.safetensors").write_bytes(b"x")
+    doc = json.loads((model / MODEL_FILE).read_text())
+    for weights in ("../stolen.safetensors", str(tmp_path / "stolen.safetensors")):
+        doc["clip"]["pretrained"] = weights
         (model / MODEL_FILE).write_text(json.dumps(doc))
         with pytest.raises(BadInputError, match="nor a checkpoint file inside the model folder"):
             read_model_config(model)
+
+
+@pytest.mark.parametrize("planted", ["head.pt", "adapter/adapter_model.bin", "extra.pkl", "run.py"])
+def test_a_pickle_or_code_planted_in_a_model_folder_is_refused_and_never_loaded(tmp_path, planted, monkeypatch):
+    model = _exported(tmp_path)
+    path = model / planted
+    path.parent.mkdir(exist_ok=True)
+    torch.save({"state_dict": {}}, path)  # a pickle (torch's zip format)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called on a model folder"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called on a model folder"))
+    with pytest.raises(BadInputError, match=re.escape(f"{path}: not part of a clipva model")):
+        load_model(model)
+
+
+def test_exported_model_holds_no_pickle_and_loads_the_same_head(tmp_path):
+    model = _exported(tmp_path)
+    files = sorted(str(p.relative_to(model)) for p in model.rglob("*"))
+    assert files == ["README.md", "head.safetensors", "model.json"]
+    assert not any(p.read_bytes()[:2] in (b"PK", b"\x80\x02") for p in model.iterdir())  # no zip, no pickle
+    head, _ = load_head(tmp_path / "best.pt")
+    doc = read_model_config(model)
+    loaded = load_head_weights(model, doc["head"], torch.device("cpu"))
+    x = torch.randn(2, 16, 8)
+    torch.testing.assert_close(loaded(x), head.eval()(x), rtol=0, atol=0)
+    assert doc["window"] == {"window": 16, "stride": 8}
+    card = (model / "README.md").read_text()
+    assert "Intended use" in card and "clipva-tiny" in card and "random initialisation" in card
 
 
 def test_annotated_video_linking_out_of_the_data_root_is_refused(tmp_path):
@@ -554,22 +631,18 @@ def test_label_file_columns_that_are_not_labels_are_ignored_and_said(tmp_path, c
     assert f"{path}: ignored columns: 'video'" in caplog.text
 
 
-def test_exported_model_carries_its_local_checkpoint_inside_the_folder(tmp_path):
-    checkpoint, head = tmp_path / "weights" / "my.ckpt", tmp_path / "head.pt"
+def test_exported_model_carries_its_local_checkpoint_inside_the_folder_as_safetensors(tmp_path):
+    from clipva.encoder import load_clip
+
+    clip = load_clip("clipva-tiny", None, "fp32", "cpu")
+    checkpoint = tmp_path / "weights" / "my.pt"
     checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"checkpoint bytes")
-    head.write_bytes(b"head")
-    settings = {
-        "clip": {"model": "clipva-tiny", "pretrained": str(checkpoint), "precision": "fp32"},
-        "face_crop": {"method": "landmarks", "margin": 0.2},
-        "training": {"backbone": "frozen"},
-    }
-    export_model(tmp_path / "model", head, tmp_path / "no adapter", settings)
-    copied = tmp_path / "model" / "clip_weights.ckpt"
-    assert copied.read_bytes() == b"checkpoint bytes"
-    assert json.loads((tmp_path / "model" / MODEL_FILE).read_text())["clip"]["pretrained"] == "clip_weights.ckpt"
-    assert read_model_config(tmp_path / "model")["clip"]["pretrained"] == str(copied.resolve())
-    shutil.move(tmp_path / "model", tmp_path / "moved")  # the folder travels whole
-    assert read_model_config(tmp_path / "moved")["clip"]["pretrained"] == str(
-        (tmp_path / "moved" / copied.name).resolve()
-    )
+    torch.save({"state_dict": {f"module.{k}": v for k, v in clip.model.state_dict().items()}}, checkpoint)
+    model = _exported(tmp_path, str(checkpoint))
+    assert json.loads((model / MODEL_FILE).read_text())["clip"]["pretrained"] == "clip_weights.safetensors"
+    shutil.move(model, tmp_path / "moved")  # the folder travels whole
+    doc = read_model_config(tmp_path / "moved")
+    assert doc["clip"]["pretrained"] == str((tmp_path / "moved" / "clip_weights.safetensors").resolve())
+    again = load_clip("clipva-tiny", doc["clip"]["pretrained"], "fp32", "cpu")
+    for (name, want), got in zip(clip.model.state_dict().items(), again.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)

@@ -6,13 +6,15 @@ import torch
 
 from clipva.afew import index_dataset
 from clipva.backbones import AdaptedFrames
-from clipva.checkpoints import ResumeState
+from clipva.checkpoints import ResumeState, save_head
 from clipva.encoder import encode_images, load_clip
 from clipva.errors import ConfigError
 from clipva.extract import extract_features
 from clipva.frames import FrameWindows
 from clipva.head import HeadConfig, TemporalHead
 from clipva.lora import add_adapters, export_merged, load_adapters, save_adapters
+from clipva.model_folder import export_model
+from clipva.predict import load_model
 from clipva.store import ClipFeatures, FeatureStore
 from clipva.training import finetune, validation_ccc
 
@@ -107,6 +109,16 @@ def test_a_step_moves_the_adapters_and_changes_the_outputs(tmp_path):
     assert json.loads((tmp_path / "adapter/adapter_config.json").read_text())["r"] == 4
     reloaded = load_adapters(load_clip("clipva-tiny", None, "fp32", "cpu"), tmp_path / "adapter")
     assert torch.allclose(reloaded(images), adapted, atol=1e-5)
+
+    # in a shareable model folder: safetensors and JSON only, and the same adapted tower once loaded
+    in_dim = load_clip("clipva-tiny", None, "fp32", "cpu").embed_dim
+    save_head(tmp_path / "best.pt", TemporalHead(HeadConfig(in_dim, 8, 1, 2, embed_dim=8)), {"window": 8, "stride": 4})
+    settings = {"clip": {"model": "clipva-tiny", "pretrained": None, "precision": "fp32"},
+                "face_crop": {"method": "none", "margin": 0.0}, "training": {"backbone": "lora"}}  # fmt: skip
+    export_model(tmp_path / "model", tmp_path / "best.pt", tmp_path / "adapter", settings)
+    assert {p.suffix for p in (tmp_path / "model").rglob("*") if p.is_file()} <= {".json", ".md", ".safetensors"}
+    assert (tmp_path / "model/adapter/adapter_model.safetensors").is_file()
+    assert torch.allclose(load_model(tmp_path / "model").visual(images), adapted, atol=1e-5)
 
     # merged into the base weights, exported, and loaded through clip.pretrained
     export_merged("clipva-tiny", None, tmp_path / "adapter", tmp_path / "merged.pt")

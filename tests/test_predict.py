@@ -1,15 +1,21 @@
 """Valence/arousal curves for your own videos: `snakemake predict`, the `clipva predict` command, and
 annotated videos as training data. End to end on videos made from the tiny demo's frames."""
 
+import json
+import shutil
 import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import BIN, run_snakemake
 from PIL import Image
 
 from clipva.afew import read_frames
+from clipva.checkpoints import load_head
+from clipva.encoder import load_clip_from
+from clipva.predict import Model, load_model, predict_video
 from clipva.splits import read_clips
 from clipva.video import probe, write_video
 
@@ -107,6 +113,24 @@ def test_the_command_line_gives_what_the_rule_gives(trained, tmp_path):
     bad = subprocess.run([str(BIN / "clipva"), "predict", str(videos), "--model", "nonexistent"], capture_output=True,
                          text=True, cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 1 and "--model nonexistent" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp_path):
+    """The exported folder (safetensors and JSON, copied elsewhere as a download would be) gives the same
+    curves as the run's fine-tuned checkpoint with the run's settings."""
+    workdir, videos, counts = trained
+    shared = tmp_path / "downloaded model"
+    shutil.copytree(workdir / "results/runs/main/model", shared)
+    kinds = {p.suffix or p.name for p in shared.rglob("*") if p.is_file()}
+    assert kinds == {".json", ".md", ".safetensors", ".snakemake_timestamp"}, kinds
+    settings = yaml.safe_load((workdir / "results/config.yaml").read_text())["config"]
+    head, ckpt = load_head(workdir / "results/runs/main/finetune/best.pt")
+    own = Model(load_clip_from(settings["clip"]), None, head.eval(), ckpt["window"], settings["face_crop"])
+    video = videos / f"clip {next(iter(counts))}.mp4"
+    pd.testing.assert_frame_equal(predict_video(video, load_model(shared)), predict_video(video, own))
+    card = (shared / "README.md").read_text()
+    metrics = json.loads((workdir / "results/runs/main/eval/metrics.json").read_text())
+    assert f"test_mean_ccc: {metrics['pooled']['mean_ccc']:.4f}" in card and "the clipva demo" in card
 
 
 def test_annotated_videos_become_training_data(trained, tmp_path):

@@ -124,6 +124,8 @@ DIRECT = {
     "__init__": EVERY_SCRIPT,  # importing clipva.x runs clipva/__init__.py
     "cli": set(),
     "provenance": set(),
+    "settings": set(),  # the Snakefile's own check of the config, in no job
+    "model_folder": {"export_model", "predict_video"},
 }
 # ... and all that is planned then, dependants included.
 PLANNED = {

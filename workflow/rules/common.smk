@@ -57,6 +57,23 @@ def dataset_root():
     return VIDEOS_ROOT if config["dataset"]["format"] == "videos" else user_root()
 
 
+def model_card_dataset():
+    """What an exported model was trained on, in words (the folder's name, not its path on this machine)."""
+    data = config["dataset"]
+    if data["root"] == "demo":
+        return "the clipva demo (synthetic faces in AFEW-VA layout)"
+    return f"{Path(data['root']).name} ({'annotated videos' if data['format'] == 'videos' else 'AFEW-VA layout'})"
+
+
+def model_card_split():
+    split = config["split"]
+    if split["method"] == "random":
+        return f"random by clip, fractions {split['fractions']}, seed {split['seed']}"
+    if split["method"] == "ids":
+        return f"by clip id {split['ids']}"
+    return f"by actor, fold {split['fold']} of {split['folds']}"
+
+
 def user_root():
     """The configured data folder (AFEW-VA layout, or annotated videos), resolved."""
     return str(Path(config["dataset"]["root"]).expanduser().resolve())

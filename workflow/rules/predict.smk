@@ -10,6 +10,7 @@ rule export_model:
     input:
         head="results/runs/{run}/finetune/best.pt",
         adapter="results/runs/{run}/finetune/adapter",
+        metrics="results/runs/{run}/eval/metrics.json",
     output:
         directory("results/runs/{run}/model"),
     log:
@@ -21,6 +22,7 @@ rule export_model:
             key: run_settings(wildcards.run)[key]
             for key in ("clip", "face_crop", "training")
         },
+        training={"dataset": model_card_dataset(), "split": model_card_split()},
         code=code_version("../scripts/export_model.py"),
     script:
         "../scripts/export_model.py"

@@ -1,9 +1,10 @@
 from clipva.jobs import run_job
-from clipva.predict import export_model
+from clipva.model_folder import export_model
 
 
 def main(smk):
-    export_model(smk.output[0], smk.input.head, smk.input.adapter, smk.params.settings)
+    export_model(smk.output[0], smk.input.head, smk.input.adapter, smk.params.settings, smk.input.metrics,
+                 smk.params.training)  # fmt: skip
 
 
 run_job(snakemake, main)  # noqa: F821
