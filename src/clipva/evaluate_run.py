@@ -1,0 +1,45 @@
+"""A fine-tuned run evaluated on its split: the one call of the ``evaluate`` rule.
+
+Kept apart from `clipva.evaluation` (metrics, baselines, the submission table), which the submission and
+experiment summaries import: they need not rerun when the LoRA re-encoding below changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from clipva.backbones import lora_backbone
+from clipva.checkpoints import load_head
+from clipva.evaluation import baselines, metrics_on_test_split
+from clipva.sequences import load_splits, predictions_table
+
+
+def evaluate_run(features: str, clips: str, head_path: str, backbone: dict, frames: str | None = None,
+                 adapter: str | None = None) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """(predictions of the test and unlabeled clips, metrics.json's content) of a fine-tuned head.
+
+    `backbone` is the run's backbone settings ({"backbone": "frozen"} or, for LoRA, with its lora, clip and
+    face_crop sections). A LoRA run's clips are encoded again through its adapted image tower (`frames`,
+    `adapter`); the baselines always fit the store's frozen features, as a competitor's would.
+    """
+    data = load_splits(features, clips, ("train", "val", "test", "unlabeled"))
+    head, ckpt = load_head(head_path)
+    window = ckpt["window"]
+    predicted = data
+    if backbone["backbone"] == "lora":
+        tower = lora_backbone(backbone, frames, adapter, trainable=False)
+        tower.train(False)
+        predicted = {}
+        for split in ("test", "unlabeled"):
+            encoded = tower.features_of(data[split])
+            predicted[split] = [dataclasses.replace(c, features=f) for c, f in zip(data[split], encoded, strict=True)]
+    tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
+              for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
+    predictions = pd.concat(tables, ignore_index=True)
+    metrics = metrics_on_test_split(predictions)
+    metrics["baselines"] = baselines(data["train"], data["val"], data["test"])
+    metrics["best_epoch"] = ckpt.get("best", {})
+    metrics["backbone"] = backbone["backbone"]
+    return predictions, metrics
