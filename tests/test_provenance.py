@@ -126,6 +126,7 @@ DIRECT = {
     "provenance": set(),
     "settings": set(),  # the Snakefile's own check of the config, in no job
     "model_folder": {"export_model", "predict_video"},
+    "evaluate_run": {"evaluate"},  # not the submission or summaries, which import clipva.evaluation
 }
 # ... and all that is planned then, dependants included.
 PLANNED = {
