@@ -14,17 +14,17 @@ import sys
 from pathlib import Path
 
 from clipva.errors import ClipvaError
+from clipva.jobs import export_hint, run_model_dir
 
 
 def _model_dir(model: str) -> Path:
     path = Path(model)
     if (path / "model.json").is_file():
         return path
-    run = Path("results/runs") / model / "model"
+    run = run_model_dir(model)
     if (run / "model.json").is_file():
         return run
-    raise ClipvaError(f"--model {model}: neither a model folder nor a run with {run}/model.json (make it with "
-                      f"`snakemake {run}`)")  # fmt: skip
+    raise ClipvaError(f"--model {model}: neither a model folder nor a run with {run}/model.json ({export_hint(model)})")
 
 
 def predict(args: argparse.Namespace) -> None:

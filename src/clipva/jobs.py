@@ -1,4 +1,5 @@
-"""Running library code as a Snakemake job: logging to the rule's log, thread count, clean errors."""
+"""The library's one window on the workflow: running library code as a Snakemake job (logging to the rule's
+log, thread count, clean errors), and where the workflow puts what a user asks for by name."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from clipva.atomic import WRITE_ERRORS
 from clipva.errors import ClipvaError
 
 log = logging.getLogger("clipva")
+RUN_MODEL = "results/runs/{run}/model"  # the model folder the export_model rule writes for a run
+
+
+def run_model_dir(run: str) -> Path:
+    return Path(RUN_MODEL.format(run=run))
+
+
+def export_hint(run: str = "<run>") -> str:
+    """How a workflow user makes (or remakes) a run's model folder."""
+    return f"`snakemake {RUN_MODEL.format(run=run)}` writes it"
 
 
 def setup_logging(log_path: str | None) -> None:

@@ -31,6 +31,7 @@ from clipva.atomic import write_bytes, write_text
 from clipva.encoder import PRECISIONS, register_model_configs
 from clipva.errors import BadInputError, ConfigError
 from clipva.head import HeadConfig, TemporalHead
+from clipva.jobs import export_hint
 
 FORMAT, VERSION = "clipva-model", 1
 MODEL_FILE = "model.json"
@@ -178,8 +179,7 @@ def check_files(model_dir: Path) -> None:
             raise _problem(
                 path,
                 f"not part of a clipva model: a model folder holds only {', '.join(SAFE_SUFFIXES)} "
-                "files, never a pickle (.pt, .bin, .pkl) or code; re-export the model with "
-                "`snakemake results/runs/<run>/model` if clipva made it",
+                f"files, never a pickle (.pt, .bin, .pkl) or code; if an older clipva made it, {export_hint()} again",
             )
 
 
@@ -211,8 +211,7 @@ def read_model_config(model_dir: str | Path) -> dict:
     doc_path = model_dir / MODEL_FILE
     if not doc_path.is_file():
         raise ConfigError(
-            f"{model_dir}: not a clipva model folder (no {MODEL_FILE}; the workflow writes one to "
-            "results/runs/<run>/model/ with `snakemake results/runs/<run>/model`)"
+            f"{model_dir}: not a clipva model folder (no {MODEL_FILE}; for a run of the workflow, {export_hint()})"
         )
     check_files(model_dir)
     doc = load_json(doc_path, "model config")
