@@ -184,17 +184,15 @@ class AdaptedFrames:
         self._cache.clear()
 
 
-def lora_backbone(settings: dict, frames_csv: str, adapter_dir: str | None = None,
+def lora_backbone(clip_settings: dict, lora: dict, face_crop: dict, frames_csv: str, adapter_dir: str | None = None,
                   trainable: bool = True) -> AdaptedFrames:  # fmt: skip
-    """The LoRA backbone of a training rule's params (``backbone``: lora, clip, face_crop sections): new
-    adapters, or those of `adapter_dir` (trained further, or frozen for inference)."""
+    """CLIP (the config's ``clip`` section) with LoRA adapters (``lora``) over the frames of `frames_csv`
+    cropped by ``face_crop``: new adapters, or those of `adapter_dir` (trained further, or frozen for
+    inference)."""
     from clipva.afew import read_frames
     from clipva.encoder import load_clip_from
     from clipva.lora import add_adapters, load_adapters
 
-    clip = load_clip_from(settings["clip"])
-    if trainable:
-        visual = add_adapters(clip, settings["lora"], adapter_dir)
-    else:
-        visual = load_adapters(clip, adapter_dir)
-    return AdaptedFrames(clip, visual.to(clip.device), read_frames(frames_csv), settings["face_crop"], settings["lora"])
+    clip = load_clip_from(clip_settings)
+    visual = add_adapters(clip, lora, adapter_dir) if trainable else load_adapters(clip, adapter_dir)
+    return AdaptedFrames(clip, visual.to(clip.device), read_frames(frames_csv), face_crop, lora)

@@ -29,7 +29,8 @@ def evaluate_run(features: str, clips: str, head_path: str, backbone: dict, fram
     window = ckpt["window"]
     predicted = data
     if backbone["backbone"] == "lora":
-        tower = lora_backbone(backbone, frames, adapter, trainable=False)
+        sections = (backbone["clip"], backbone["lora"], backbone["face_crop"])
+        tower = lora_backbone(*sections, frames, adapter, trainable=False)
         tower.train(False)
         predicted = {}
         for split in ("test", "unlabeled"):

@@ -16,7 +16,8 @@ def main(smk):
     data = load_splits(smk.input.features, smk.input.clips, ("train", "val"))
     head, ckpt = load_head(smk.input.head)
     lora = settings["backbone"] == "lora"
-    backbone = lora_backbone(settings, smk.input.frames, smk.input.adapter) if lora else None
+    sections = [settings[k] for k in ("clip", "lora", "face_crop")] if lora else None
+    backbone = lora_backbone(*sections, smk.input.frames, smk.input.adapter) if lora else None
     resume = ResumeState(smk.params.state, fingerprint([cfg, settings], list(smk.input)))
     head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device(),
                                    backbone)  # fmt: skip

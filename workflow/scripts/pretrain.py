@@ -17,7 +17,9 @@ def main(smk):
     train = load_splits(smk.input.features, smk.input.clips, ("train",))["train"]
     text = np.load(smk.input.text)["embeddings"]
     config, window = head_config(head_cfg, train[0].features.shape[1])
-    backbone = lora_backbone(settings, smk.input.frames) if settings["backbone"] == "lora" else None
+    lora = settings["backbone"] == "lora"
+    sections = [settings[k] for k in ("clip", "lora", "face_crop")] if lora else None
+    backbone = lora_backbone(*sections, smk.input.frames) if lora else None
     resume = ResumeState(smk.params.state, fingerprint([head_cfg, cfg, settings], list(smk.input)))
     head, history = pretrain(train, config, window, cfg, text, resume, resolve_device(), backbone)
     save_head(smk.output.head, head, window)
