@@ -32,7 +32,7 @@ from clipva.errors import BadInputError
 from clipva.extract import extract_features
 from clipva.frames import FrameWindows
 from clipva.sequences import load_splits
-from clipva.store import FeatureStore, merge_stores, skipped_frames, write_skip_report
+from clipva.store import FeatureStore, merge_stores, write_skip_report
 
 IMAGE_CASES = ["grayscale_png", "rgba_png", "png_16bit", "frame_sizes_differ", "single_frame_clip"]
 
@@ -280,7 +280,8 @@ def test_frames_that_pass_the_index_but_cannot_be_decoded_stop_or_are_skipped_at
         assert summary["skipped"] == (N_FRAMES if k == 0 else 1)
     skipped = merge_stores(shards, tmp_path / "f.h5")
     assert [s["path"] for s in skipped] == whole_clip + [bad_frame]
-    assert skipped == skipped_frames(tmp_path / "f.h5")
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert skipped == store.skipped
     with FeatureStore(tmp_path / "f.h5") as store:
         assert store.clip_ids == ["001", "002"]
         good, partial = store.load("001"), store.load("002")

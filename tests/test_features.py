@@ -131,7 +131,7 @@ def test_store_holds_every_frame_once_with_labels_equal_to_the_json(store, demo_
         n_labeled = 0
         for clip_id in fs.clip_ids:
             clip = fs.load(clip_id)
-            assert clip.features.shape == (len(clip.frame_index), fs.dim)
+            assert clip.features.shape == (len(clip.frame_index), int(fs.attrs["embed_dim"]))
             assert len(set(clip.frame_index)) == len(clip.frame_index)
             doc = json.loads((demo_root / clip_id / f"{clip_id}.json").read_text())
             for k, frame in enumerate(clip.frame_index):

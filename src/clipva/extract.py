@@ -108,7 +108,7 @@ def extract_features(
     Memory stays flat: only the clip being assembled is held. Returns a small summary (frames, seconds).
     A frame that cannot be decoded stops the extraction, naming the file; with ``on_bad_input='skip'`` it is
     left out of the store (a clip left without frames is left out whole) and listed in the store's
-    ``skipped`` attribute (read it with store.skipped_frames).
+    ``skipped`` attribute (read it as FeatureStore.skipped).
     """
     frames = frames.sort_values(["clip_id", "frame"], kind="stable").reset_index(drop=True)
     dataset = FrameCrops(frames, clip.preprocess, face_crop["method"], face_crop.get("margin", 0.0),

@@ -38,17 +38,10 @@ def _ccc(p: Tensor, t: Tensor, eps: float) -> Tensor:
     return 2 * (a * b).mean(0) / den.clamp_min(eps)
 
 
-def ccc_torch(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: float = 1e-12) -> Tensor:
-    """Concordance correlation coefficient per last-dim column, population statistics, shape (D,).
-
-    All leading dims are pooled. The denominator is clamped at ``eps`` (no effect unless both sides are
-    constant and equal, where CCC would be 0/0: this gives 0 instead of NaN). No selected frame gives NaN.
-    """
-    return _ccc(*_select(pred, target, mask), eps)
-
-
 def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, eps: float = 1e-12) -> Tensor:
-    """Mean over dims of 1 - CCC; a graph-connected zero when no frame is selected."""
+    """Mean over dims of 1 - CCC (population statistics, all leading dims pooled); a graph-connected zero
+    when no frame is selected. The CCC's denominator is clamped at ``eps`` (no effect unless both sides are
+    constant and equal, where CCC would be 0/0: this gives 0 instead of NaN)."""
     p, t = _select(pred, target, mask)
     return _zero(pred) if p.numel() == 0 else (1 - _ccc(p, t, eps)).mean()
 

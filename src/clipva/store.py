@@ -85,15 +85,8 @@ class FeatureStore:
 
     @property
     def skipped(self) -> list[dict]:
-        """The frames extraction left out (on_bad_input: skip); see skipped_frames."""
+        """The frames extraction left out (on_bad_input: skip): dicts of clip_id, frame, path, problem."""
         return _skipped(self.attrs)
-
-    @property
-    def dim(self) -> int:
-        return int(self.attrs["embed_dim"])
-
-    def __contains__(self, clip_id: str) -> bool:
-        return f"clips/{clip_id}" in self._f
 
     def load(self, clip_id: str) -> ClipFeatures:
         g = self._f[f"clips/{clip_id}"]
@@ -105,7 +98,7 @@ class FeatureStore:
 
 def merge_stores(shards: list[str | Path], out: str | Path) -> list[dict]:
     """Copy the clips of several shard stores into one store (atomic); attributes must agree. Returns the
-    frames the shards skipped (see skipped_frames), which the merged store lists too."""
+    frames the shards skipped (as FeatureStore.skipped), which the merged store lists too."""
     own = {"shard", "skipped"}  # attributes of one shard, not of the extraction
     skipped: list[dict] = []
     with atomic_h5(out) as dst:
@@ -130,12 +123,6 @@ def merge_stores(shards: list[str | Path], out: str | Path) -> list[dict]:
 def _skipped(attrs) -> list[dict]:
     value = attrs.get("skipped", "[]")
     return json.loads(value.decode() if isinstance(value, bytes) else value)
-
-
-def skipped_frames(path: str | Path) -> list[dict]:
-    """The frames an extraction left out (on_bad_input: skip): dicts of clip_id, frame, path, problem."""
-    with h5py.File(path, "r") as f:
-        return _skipped(f.attrs)
 
 
 def write_skip_report(skipped: list[dict], store_path: str | Path, path: str | Path) -> None:
