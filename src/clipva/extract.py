@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from clipva import __version__
 from clipva.afew import BOX_COLUMNS
-from clipva.crop import crop_face, load_rgb
+from clipva.crop import crop_face, crop_margin, load_rgb
 from clipva.encoder import LoadedClip, encode_images
 from clipva.errors import BadInputError
 from clipva.store import ClipFeatures, atomic_h5, write_features
@@ -47,11 +47,11 @@ class FrameCrops(Dataset):
     A frame that cannot be decoded raises BadInputError naming it; with ``skip_bad`` it gives a blank image
     and the problem instead, and extract_features leaves that frame out of the store."""
 
-    def __init__(self, frames: pd.DataFrame, preprocess, crop_method: str, margin: float, skip_bad: bool = False):
+    def __init__(self, frames: pd.DataFrame, preprocess, face_crop: dict, skip_bad: bool = False):
         self.paths = frames["path"].tolist()
-        self.boxes = frames[BOX_COLUMNS].to_numpy(dtype=np.float64) if crop_method == "landmarks" else None
+        self.margin = crop_margin(face_crop)
+        self.boxes = None if self.margin is None else frames[BOX_COLUMNS].to_numpy(dtype=np.float64)
         self.preprocess = preprocess
-        self.margin = margin
         self.skip_bad = skip_bad
         self._blank: torch.Tensor | None = None
 
@@ -111,8 +111,7 @@ def extract_features(
     ``skipped`` attribute (read it as FeatureStore.skipped).
     """
     frames = frames.sort_values(["clip_id", "frame"], kind="stable").reset_index(drop=True)
-    dataset = FrameCrops(frames, clip.preprocess, face_crop["method"], face_crop.get("margin", 0.0),
-                         skip_bad=on_bad_input == "skip")  # fmt: skip
+    dataset = FrameCrops(frames, clip.preprocess, face_crop, skip_bad=on_bad_input == "skip")
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from clipva.afew import BOX_COLUMNS
-from clipva.crop import crop_face, load_rgb
+from clipva.crop import crop_face, crop_margin, load_rgb
 
 
 class FrameWindows(Dataset):
@@ -27,11 +27,11 @@ class FrameWindows(Dataset):
         indexed = list(frames.index.names) == ["clip_id", "frame"]
         table = frames if indexed else frames.set_index(["clip_id", "frame"]).sort_index()
         self.items = []
+        self.preprocess, self.margin = preprocess, crop_margin(face_crop)
         for clip_id, indices in windows:
             rows = table.loc[[(clip_id, int(i)) for i in indices]]
-            boxes = rows[BOX_COLUMNS].to_numpy(dtype=np.float64) if face_crop["method"] == "landmarks" else None
+            boxes = None if self.margin is None else rows[BOX_COLUMNS].to_numpy(dtype=np.float64)
             self.items.append((rows["path"].tolist(), boxes))
-        self.preprocess, self.margin = preprocess, face_crop.get("margin", 0.0)
         self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:

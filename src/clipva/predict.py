@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipva.crop import crop_face
+from clipva.crop import crop_face, crop_margin
 from clipva.encoder import LoadedClip, encode_images, load_clip_from
 from clipva.errors import BadInputError, ConfigError
 from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
@@ -93,7 +93,7 @@ def predict_video(path: str | Path, model: Model, fps: float | None = 10.0, no_f
     if not found.any():
         log.warning("%s: no face found in any of its %d frames; its values are left empty", path, len(times))
         return table
-    margin = model.face_crop.get("margin", 0.0) if model.face_crop["method"] == "landmarks" else None
+    margin = crop_margin(model.face_crop)
     features, crops = [], []
     for k, (_, _, image) in enumerate(decode(path, fps)):  # pass 2: crops through the image tower
         crops.append(image if margin is None else crop_face(image, tuple(boxes[k]), margin))
