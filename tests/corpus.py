@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipva.demo import write_afew_clip
+from clipva.afew import write_afew_clip
 
 W, H = 64, 48
 N_FRAMES = 4  # frames of the clip a case writes

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipva.afew import N_LANDMARKS
-from clipva.demo import make_demo, write_afew_clip
+from clipva.afew import N_LANDMARKS, write_afew_clip
+from clipva.demo import make_demo
 
 N_CLIPS, N_ACTORS, SIZES = 12, 6, ((160, 128), (192, 144))
 

@@ -110,9 +110,9 @@ EVERY_SCRIPT = set(scripts_of_rules())
 # The rules whose scripts import a module (directly or not), checked by hand against the imports.
 DIRECT = {
     "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
-    "demo": {"demo", "convert_videos"},  # annotated_videos writes clips with demo.write_afew_clip
+    "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
     # backbones lazily; faces (the box columns) for prediction
-    "afew": RUNS | TUNE | {"index", "split", "cv_split", "extract_features", "convert_videos", "export_model",
+    "afew": RUNS | TUNE | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model",
                            "predict_video"},
     "video": {"convert_videos", "predict_video", "export_model"},  # predict imports it in a function
     "training": {"pretrain", "finetune"} | TUNE,  # not text_embeddings: the prompts are in clipva.prompts

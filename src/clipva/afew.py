@@ -1,4 +1,4 @@
-"""Reading a data set in the AFEW-VA layout: ``001/00000.png`` frames and ``001/001.json`` labels.
+"""A data set in the AFEW-VA layout (``001/00000.png`` frames, ``001/001.json`` labels): reading and writing.
 
 The index is one pass over every clip. Each problem found is a `Problem`: fatal ones make the clip or frame
 unusable (with ``on_bad_input: error`` the run stops on the first; with ``skip`` the clip or frame is left
@@ -8,9 +8,11 @@ in the validation report and handled.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +298,34 @@ def write_report(problems: list[Problem], frames: pd.DataFrame, path: str | Path
         *(f"  {p}" for p in notes),
     ]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def write_frame(folder: Path, index: int, image: Image.Image) -> Path:
+    """One frame as ``folder/{index:05d}.png``, fast to write (the frames of a generated or converted data
+    set are written once) and in a single write: much cheaper on slow file systems than PIL's chunked ones."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1, optimize=False)
+    path = folder / f"{index:05d}.png"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | Mapping[int, Image.Image],
+               annotations: Mapping[int, dict], actor: str, video_id: str | None = None) -> Path:
+    """Write one clip folder ``root/{clip:03d}``: frames as %05d.png, annotations as ``{clip:03d}.json``.
+
+    `frames` is a sequence (frame i -> i) or a mapping frame index -> image (to leave gaps); `annotations`
+    maps frame index -> {"valence", "arousal", "landmarks"}. Returns the clip folder.
+    """
+    folder = Path(root) / f"{clip_id:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in frames.items() if isinstance(frames, Mapping) else enumerate(frames):
+        write_frame(folder, i, img)
+    doc = {"actor": actor, "frames": {f"{i:05d}": ann for i, ann in sorted(annotations.items())},
+           "video_id": video_id if video_id is not None else f"{clip_id:03d}"}
+    # json.dumps (C encoder) writes the same bytes as json.dump(doc, f, indent=None, sort_keys=True), faster
+    (folder / f"{clip_id:03d}.json").write_text(json.dumps(doc, indent=None, sort_keys=True))
+    return folder
 
 
 def read_frames(path: str | Path) -> pd.DataFrame:

@@ -29,7 +29,6 @@ that frame) keeps its PNG but loses its label, so that no whole-frame crop is tr
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from pathlib import Path
@@ -37,16 +36,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipva.afew import BOX_COLUMNS, MAX_LABEL_FILE_BYTES, N_LANDMARKS, inside, load_json, short_repr
+from clipva.afew import (
+    BOX_COLUMNS,
+    MAX_LABEL_FILE_BYTES,
+    N_LANDMARKS,
+    inside,
+    load_json,
+    short_repr,
+    write_afew_clip,
+    write_frame,
+)
 from clipva.atomic import write_csv
-from clipva.demo import write_afew_clip
 from clipva.errors import BadInputError
 from clipva.faces import FaceDetector, track_main_face
 from clipva.video import decode, list_videos, probe
 
 log = logging.getLogger(__name__)
 LABEL_SUFFIXES = (".csv", ".json")
-_PNG_OPTIONS = {"compress_level": 1, "optimize": False}
 _EPS = 1e-6
 MAX_FRAME = 2**31 - 1  # frame numbers beyond this are in no video
 
@@ -236,9 +242,7 @@ def convert_video(video: str | Path, labels_path: str | Path, dst: str | Path, c
         old.unlink(missing_ok=True)
     times, detections, size = [], [], (info.width, info.height)
     for t, index, image in decode(video, fps):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", **_PNG_OPTIONS)
-        (folder / f"{index:05d}.png").write_bytes(buf.getvalue())  # one write per file, as demo.write_afew_clip
+        write_frame(folder, index, image)
         times.append(t)
         detections.append(detector(image))
         size = image.size

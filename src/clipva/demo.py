@@ -12,7 +12,6 @@ Layout: ``root/001/00000.png ...`` and ``root/001/001.json`` =
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-_PNG_OPTIONS = {"compress_level": 1, "optimize": False}
+from clipva.afew import write_afew_clip
 
 _HAIR = np.array([(28, 22, 18), (66, 42, 24), (128, 84, 44), (196, 164, 104), (122, 52, 26), (150, 148, 146)])
 _IRIS = np.array([(70, 45, 25), (50, 90, 140), (60, 100, 60), (35, 30, 28)])
@@ -212,26 +211,6 @@ def _draw_face(img: Image.Image, lm: np.ndarray, outlines: Sequence[np.ndarray],
         d.line(_flat(eye[[3, 4, 5, 0]]), fill=col["lid"], width=1)
     d.polygon(_flat(lm[48:60]), fill=col["lip"])
     d.polygon(_flat(lm[60:68]), fill=col["mouth"], outline=col["lip_line"])
-
-
-def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | Mapping[int, Image.Image],
-               annotations: Mapping[int, dict], actor: str, video_id: str | None = None) -> Path:
-    """Write one clip folder ``root/{clip:03d}``: frames as %05d.png, annotations as ``{clip:03d}.json``.
-
-    `frames` is a sequence (frame i -> i) or a mapping frame index -> image (to leave gaps); `annotations`
-    maps frame index -> {"valence", "arousal", "landmarks"}. Returns the clip folder.
-    """
-    folder = Path(root) / f"{clip_id:03d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in frames.items() if isinstance(frames, Mapping) else enumerate(frames):
-        buf = io.BytesIO()  # one write per file: much cheaper on slow file systems than PIL's chunked writes
-        img.save(buf, format="PNG", **_PNG_OPTIONS)
-        (folder / f"{i:05d}.png").write_bytes(buf.getvalue())
-    doc = {"actor": actor, "frames": {f"{i:05d}": ann for i, ann in sorted(annotations.items())},
-           "video_id": video_id if video_id is not None else f"{clip_id:03d}"}
-    # json.dumps (C encoder) writes the same bytes as json.dump(doc, f, indent=None, sort_keys=True), faster
-    (folder / f"{clip_id:03d}.json").write_text(json.dumps(doc, indent=None, sort_keys=True))
-    return folder
 
 
 def _render_clip(seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], min_frames: int,
