@@ -47,8 +47,13 @@ def demo_dataset(root: str | Path, n_clips: int, seed: int = 0, frame_size: tupl
     from clipva.demo import make_demo
 
     root = Path(root)
-    args = {"n_clips": n_clips, "n_actors": min(N_ACTORS, n_clips), "min_frames": MIN_FRAMES,
-            "max_frames": MAX_FRAMES, "seed": seed}  # fmt: skip
+    args = {
+        "n_clips": n_clips,
+        "n_actors": min(N_ACTORS, n_clips),
+        "min_frames": MIN_FRAMES,
+        "max_frames": MAX_FRAMES,
+        "seed": seed,
+    }
     if frame_size:
         args["frame_sizes"] = [list(frame_size)]
     marker = root / "clipva-benchmark.json"
@@ -58,8 +63,7 @@ def demo_dataset(root: str | Path, n_clips: int, seed: int = 0, frame_size: tupl
     summary = make_demo(root, **args)
     seconds = time.perf_counter() - start
     marker.write_text(json.dumps({"args": args, "n_frames": summary["n_frames"], "seconds": seconds}))
-    print(f"[data] generated {n_clips} clips, {summary['n_frames']} frames in {seconds:.0f} s under {root}",
-          flush=True)  # fmt: skip
+    print(f"[data] generated {n_clips} clips, {summary['n_frames']} frames in {seconds:.0f} s under {root}", flush=True)
     return root
 
 
@@ -101,8 +105,10 @@ def machine() -> str:
         mem = float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     wait = os.environ.get("OMP_WAIT_POLICY", "unset")
-    return (f"{cpu}, {os.cpu_count()} cores ({'/'.join(isa) or '?'}), {mem:.0f} GiB, {gpu}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY {wait})")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({'/'.join(isa) or '?'}), {mem:.0f} GiB, {gpu}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY {wait})"
+    )
 
 
 def load_average() -> str:

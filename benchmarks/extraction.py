@@ -85,8 +85,13 @@ def naive_loop(frames, clip, face_crop: dict, out_path: str) -> tuple[float, dic
             t4 = time.perf_counter()
             features = encode_images(clip, torch.stack(images)).cpu().numpy()
             stages["encode"] += time.perf_counter() - t4
-            write_features(f, ClipFeatures(clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(),
-                                       part["arousal"].to_numpy()), actor=str(part["actor"].iloc[0]))  # fmt: skip
+            write_features(
+                f,
+                ClipFeatures(
+                    clip_id, features, part["frame"].to_numpy(), part["valence"].to_numpy(), part["arousal"].to_numpy()
+                ),
+                actor=str(part["actor"].iloc[0]),
+            )
     seconds = time.perf_counter() - start
     return len(frames) / seconds, {k: v / len(frames) for k, v in stages.items()}
 
@@ -127,8 +132,9 @@ def max_difference(a: str, b: str) -> float:
     """Largest absolute difference between the features of two stores (same clips)."""
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         assert sorted(fa["clips"]) == sorted(fb["clips"]), "the stores hold different clips"
-        return max(float(np.abs(fa[f"clips/{c}/features"][()] - fb[f"clips/{c}/features"][()]).max())
-                   for c in fa["clips"])  # fmt: skip
+        return max(
+            float(np.abs(fa[f"clips/{c}/features"][()] - fb[f"clips/{c}/features"][()]).max()) for c in fa["clips"]
+        )
 
 
 def main() -> None:
@@ -138,17 +144,28 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", default="auto",
-                        help="decoding workers (default auto: as the workflow picks them for this many threads)")
-    parser.add_argument("--frame-size", type=lambda s: tuple(int(v) for v in s.split("x")), metavar="WxH",
-                        help="frame size of the generated data (default: the demo's 160x128 and 192x144; "
-                             "AFEW-VA's movie frames are up to 720x576)")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="decoding workers (default auto: as the workflow picks them for this many threads)",
+    )
+    parser.add_argument(
+        "--frame-size",
+        type=lambda s: tuple(int(v) for v in s.split("x")),
+        metavar="WxH",
+        help="frame size of the generated data (default: the demo's 160x128 and 192x144; "
+        "AFEW-VA's movie frames are up to 720x576)",
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of measurements (default 3; medians)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of the encoder")
     parser.add_argument("--data", help="folder to generate the data set in, or reuse (default: a temporary one)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, here the cores; more than "
-                        "the cores shows what an oversubscribed job would get)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's, here the cores; more than "
+        "the cores shows what an oversubscribed job would get)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,10 +179,12 @@ def main() -> None:
         for model in (clip,) if fp32 is clip else (clip, fp32):  # warm-up: the one-off oneDNN set-up
             encode_images(model, torch.randn(args.batch_size, 3, model.image_size, model.image_size))
         n_encoder = min(len(frames), 3 * args.batch_size)
-        print(f"model {args.model} (random init), precision {clip.precision}, device {clip.device}; "
-              f"{frames['clip_id'].nunique()} clips, {len(frames)} frames; batch {args.batch_size}, "
-              f"workers {workers}; frames {sorted(set(zip(frames['width'], frames['height'], strict=True)))}",
-              flush=True)  # fmt: skip
+        print(
+            f"model {args.model} (random init), precision {clip.precision}, device {clip.device}; "
+            f"{frames['clip_id'].nunique()} clips, {len(frames)} frames; batch {args.batch_size}, "
+            f"workers {workers}; frames {sorted(set(zip(frames['width'], frames['height'], strict=True)))}",
+            flush=True,
+        )
         print(f"machine: {machine()}; {load_average()}", flush=True)
         if args.profile:
             profile_encoder(clip, args.batch_size)
@@ -200,25 +219,38 @@ def report(rounds: list[dict], precision: str) -> None:
     print(f"end to end   : {med(lambda r: r['end_to_end']):9.1f} frames/s  ({med(lambda r: r['seconds']):.1f} s)")
     print(f"encoder only : {med(lambda r: r['encoder']):9.1f} frames/s  ({precision}; mean of before and after)")
     if "encoder_fp32" in rounds[0]:
-        print(f"encoder fp32 : {med(lambda r: r['encoder_fp32']):9.1f} frames/s  "
-              f"({precision} / fp32 = {med(lambda r: r['encoder'] / r['encoder_fp32']):.2f})")  # fmt: skip
+        print(
+            f"encoder fp32 : {med(lambda r: r['encoder_fp32']):9.1f} frames/s  "
+            f"({precision} / fp32 = {med(lambda r: r['encoder'] / r['encoder_fp32']):.2f})"
+        )
     if "naive" in rounds[0]:
-        print(f"naive loop   : {med(lambda r: r['naive']):9.1f} frames/s  (fp32, one clip per batch, no workers; "
-              f"max |feature difference| vs end to end {max(r['diff'] for r in rounds):.1e})")  # fmt: skip
+        print(
+            f"naive loop   : {med(lambda r: r['naive']):9.1f} frames/s  (fp32, one clip per batch, no workers; "
+            f"max |feature difference| vs end to end {max(r['diff'] for r in rounds):.1e})"
+        )
         stages = {k: med(lambda r, k=k: r["stages"][k]) * 1e3 for k in rounds[0]["stages"]}
-        print("naive stages : " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + " ms/frame (fp32; "
-              "decode, crop and preprocess on one core are what a decoding worker spends on a frame)")  # fmt: skip
+        print(
+            "naive stages : " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + " ms/frame (fp32; "
+            "decode, crop and preprocess on one core are what a decoding worker spends on a frame)"
+        )
 
     pil, fast = med(lambda r: r["decoding"]["pil"]) * 1e3, med(lambda r: r["decoding"]["clipva"]) * 1e3
-    print(f"decoding     : PIL {pil:.2f}, clipva (libspng) {fast:.2f} ms/frame  (PIL / libspng = "
-          f"{med(lambda r: r['decoding']['pil'] / r['decoding']['clipva']):.2f}; main process, nothing else running)")
-    print(f"ratio        : {med(lambda r: r['end_to_end'] / r['encoder']):9.2f}  (end to end / encoder only; "
-          "target >= 0.70)")  # fmt: skip
+    print(
+        f"decoding     : PIL {pil:.2f}, clipva (libspng) {fast:.2f} ms/frame  (PIL / libspng = "
+        f"{med(lambda r: r['decoding']['pil'] / r['decoding']['clipva']):.2f}; main process, nothing else running)"
+    )
+    print(
+        f"ratio        : {med(lambda r: r['end_to_end'] / r['encoder']):9.2f}  (end to end / encoder only; "
+        "target >= 0.70)"
+    )
     if "naive" in rounds[0]:
-        print(f"ratio        : {med(lambda r: r['end_to_end'] / r['naive']):9.2f}  (end to end / naive loop; "
-              "target >= 5)")  # fmt: skip
-        print(f"ceiling      : {med(lambda r: r['encoder'] / r['naive']):9.2f}  (encoder only / naive loop: "
-              "end to end cannot beat its own encoder)")  # fmt: skip
+        print(
+            f"ratio        : {med(lambda r: r['end_to_end'] / r['naive']):9.2f}  (end to end / naive loop; target >= 5)"
+        )
+        print(
+            f"ceiling      : {med(lambda r: r['encoder'] / r['naive']):9.2f}  (encoder only / naive loop: "
+            "end to end cannot beat its own encoder)"
+        )
     print(load_average())
 
 

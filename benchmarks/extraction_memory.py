@@ -38,19 +38,39 @@ def child(frames_path: str, model: str, out: str, workers: int, batch_size: int)
 
     frames = pd.read_pickle(frames_path)
     clip = load_clip(model, None, "auto")
-    summary = extract_features(frames, out, clip, {"method": "landmarks", "margin": 0.2}, None, batch_size, workers,
-                               progress=False)  # fmt: skip
+    summary = extract_features(
+        frames, out, clip, {"method": "landmarks", "margin": 0.2}, None, batch_size, workers, progress=False
+    )
     mib = 1 / 1024  # ru_maxrss is in KiB on Linux
-    print(json.dumps({**summary, "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mib,
-                      "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * mib}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                **summary,
+                "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * mib,
+                "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * mib,
+            }
+        )
+    )
 
 
 def measure(frames, n_clips: int, tmp: Path, args) -> dict:
     part = first_clips(frames, n_clips)
     path = tmp / f"frames-{n_clips}.pkl"
     part.to_pickle(path)
-    cmd = [sys.executable, str(HERE / "extraction_memory.py"), "--child", str(path), "--model", args.model,
-           "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--out", str(tmp / f"{n_clips}.h5")]
+    cmd = [
+        sys.executable,
+        str(HERE / "extraction_memory.py"),
+        "--child",
+        str(path),
+        "--model",
+        args.model,
+        "--workers",
+        str(args.workers),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(tmp / f"{n_clips}.h5"),
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -79,18 +99,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = demo_dataset(args.data or Path(tmp) / "afew-va", large)
         frames = indexed(root)
-        print(f"model {args.model} (random init), batch {args.batch_size}, workers {args.workers}; "
-              f"{small} vs {large} clips", flush=True)  # fmt: skip
+        print(
+            f"model {args.model} (random init), batch {args.batch_size}, workers {args.workers}; "
+            f"{small} vs {large} clips",
+            flush=True,
+        )
         print(f"machine: {machine()}; {load_average()}", flush=True)
         results = {n: measure(frames, n, Path(tmp), args) for n in (small, large)}
     for n, r in results.items():
-        print(f"{n:4d} clips, {r['frames']:6d} frames: peak RSS main {r['main_mib']:7.1f} MiB, largest worker "
-              f"{r['worker_mib']:6.1f} MiB, main + {args.workers} workers {r['total_mib']:7.1f} MiB; "
-              f"{r['frames_per_s']:.0f} frames/s ({r['wall_s']:.0f} s with start-up)")  # fmt: skip
+        print(
+            f"{n:4d} clips, {r['frames']:6d} frames: peak RSS main {r['main_mib']:7.1f} MiB, largest worker "
+            f"{r['worker_mib']:6.1f} MiB, main + {args.workers} workers {r['total_mib']:7.1f} MiB; "
+            f"{r['frames_per_s']:.0f} frames/s ({r['wall_s']:.0f} s with start-up)"
+        )
     ratio = results[large]["total_mib"] / results[small]["total_mib"]
     main_ratio = results[large]["main_mib"] / results[small]["main_mib"]
-    print(f"ratio      : {ratio:9.3f}  (peak RSS {large} / {small} clips, main + workers; main alone {main_ratio:.3f};"
-          f" target <= 1.2)")  # fmt: skip
+    print(
+        f"ratio      : {ratio:9.3f}  (peak RSS {large} / {small} clips, main + workers; main alone {main_ratio:.3f};"
+        f" target <= 1.2)"
+    )
     print(load_average())
 
 

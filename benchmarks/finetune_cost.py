@@ -19,8 +19,10 @@ import argparse
 from common import as_the_workflow_runs, load_average, machine, median, repo_config
 from finetune_epoch import cached_epochs, synthetic_clips
 
-BEFORE = {"head": {"output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0},
-          "finetune": {"loss": "mix"}}  # fmt: skip
+BEFORE = {
+    "head": {"output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0},
+    "finetune": {"loss": "mix"},
+}
 
 
 def main() -> None:
@@ -37,8 +39,11 @@ def main() -> None:
     }
     train = synthetic_clips(args.clips, 512, seed=1, unlabeled=1)
     val = synthetic_clips(max(2, args.clips // 5), 512, seed=2)
-    print(f"fine-tuning cost: {len(train)} training clips ({sum(len(c.features) for c in train)} frames), "
-          f"{len(val)} validation clips; {args.epochs} epochs per run, {args.rounds} rounds", flush=True)  # fmt: skip
+    print(
+        f"fine-tuning cost: {len(train)} training clips ({sum(len(c.features) for c in train)} frames), "
+        f"{len(val)} validation clips; {args.epochs} epochs per run, {args.rounds} rounds",
+        flush=True,
+    )
     print(f"machine: {machine()}; {load_average()}", flush=True)
     times: dict[str, dict[str, list[float]]] = {name: {"setup": [], "epoch": []} for name in settings}
     for _ in range(args.rounds):

@@ -49,8 +49,11 @@ def synthetic_clips(n_clips: int, dim: int, seed: int, unlabeled: int = 0) -> li
         features = (rng.normal(size=(n, dim)) + 0.1 * labels @ mix).astype(np.float32)
         if k >= n_clips - unlabeled:
             labels[:] = np.nan
-        clips.append(ClipFeatures(f"{k + 1:03d}", features, np.arange(n, dtype=np.int32), labels[:, 0].copy(),
-                                  labels[:, 1].copy()))  # fmt: skip
+        clips.append(
+            ClipFeatures(
+                f"{k + 1:03d}", features, np.arange(n, dtype=np.int32), labels[:, 0].copy(), labels[:, 1].copy()
+            )
+        )
     return clips
 
 
@@ -133,15 +136,24 @@ def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_wind
         root = Path(tmp) / "afew-va"
         make_demo(root, n_clips=8, n_actors=4, min_frames=20, max_frames=30, seed=0)
         frames, _ = index_dataset(root)
-        clips = [ClipFeatures(c, np.zeros((len(g), 1), np.float32), g["frame"].to_numpy(), g["valence"].to_numpy(),
-                              g["arousal"].to_numpy()) for c, g in frames.groupby("clip_id", sort=True)]  # fmt: skip
+        clips = [
+            ClipFeatures(
+                c,
+                np.zeros((len(g), 1), np.float32),
+                g["frame"].to_numpy(),
+                g["valence"].to_numpy(),
+                g["arousal"].to_numpy(),
+            )
+            for c, g in frames.groupby("clip_id", sort=True)
+        ]
         clip = load_clip(model, None, "auto")
         backbone = AdaptedFrames(clip, add_adapters(clip, lora_cfg).to(clip.device), frames, CROP, lora_cfg)
         head = TemporalHead(HeadConfig(in_dim=clip.embed_dim)).to(clip.device)
         optimizer = torch.optim.AdamW(list(head.parameters()) + backbone.trainable(), lr=1e-4)
         rng = np.random.default_rng(0)
-        batches = [[(int(i), 0, frames_per_window) for i in rng.integers(len(clips), size=windows)]
-                   for _ in range(steps + 1)]  # fmt: skip
+        batches = [
+            [(int(i), 0, frames_per_window) for i in rng.integers(len(clips), size=windows)] for _ in range(steps + 1)
+        ]
         backbone.train(True)
         head.train()
         times, start = [], time.perf_counter()
@@ -182,31 +194,41 @@ def main() -> None:
     train = synthetic_clips(args.clips, args.dim, seed=1, unlabeled=1)
     val = synthetic_clips(max(2, args.clips // 5), args.dim, seed=2)
     n_train = sum(len(c.features) for c in train)
-    print(f"cached fine-tuning: synthetic random {args.dim}-d features with synthetic labels; {len(train)} training "
-          f"clips ({n_train} frames), {len(val)} validation clips ({sum(len(c.features) for c in val)} frames); "
-          f"head d_model {head_cfg['d_model']} depth {head_cfg['depth']} heads {head_cfg['heads']}, window "
-          f"{head_cfg['window']}, stride {head_cfg['stride']}, batch {ft_cfg['batch_size']} windows, loss "
-          f"{ft_cfg['loss']}", flush=True)  # fmt: skip
+    print(
+        f"cached fine-tuning: synthetic random {args.dim}-d features with synthetic labels; {len(train)} training "
+        f"clips ({n_train} frames), {len(val)} validation clips ({sum(len(c.features) for c in val)} frames); "
+        f"head d_model {head_cfg['d_model']} depth {head_cfg['depth']} heads {head_cfg['heads']}, window "
+        f"{head_cfg['window']}, stride {head_cfg['stride']}, batch {ft_cfg['batch_size']} windows, loss "
+        f"{ft_cfg['loss']}",
+        flush=True,
+    )
     print(f"machine: {machine()}; {load_average()}", flush=True)
     phases, setup, total = cached_epochs(train, val, head_cfg, ft_cfg, args.epochs, args.profile)
     for k, p in enumerate(phases):
-        print(f"epoch {k + 1}: train pass {p['train']:6.2f} s (loading {p['loading']:.3f} s = "
-              f"{p['loading'] / p['train']:.1%}), validation {p['validation']:5.2f} s, epoch "
-              f"{p['train'] + p['validation']:6.2f} s")  # fmt: skip
+        print(
+            f"epoch {k + 1}: train pass {p['train']:6.2f} s (loading {p['loading']:.3f} s = "
+            f"{p['loading'] / p['train']:.1%}), validation {p['validation']:5.2f} s, epoch "
+            f"{p['train'] + p['validation']:6.2f} s"
+        )
     train_s = median([p["train"] for p in phases])
     epoch_s = median([p["train"] + p["validation"] for p in phases])
     loading = median([p["loading"] / p["train"] for p in phases])
     print(f"set-up (ridge probe, starting validation): {setup:.2f} s; finetune() total {total:.2f} s")
-    print(f"cached epoch  : {epoch_s:8.2f} s  (median; train pass {train_s:.2f} s = {train_s / n_train * 1e6:.0f} us"
-          f"/frame; target < 10 s)")  # fmt: skip
+    print(
+        f"cached epoch  : {epoch_s:8.2f} s  (median; train pass {train_s:.2f} s = {train_s / n_train * 1e6:.0f} us"
+        f"/frame; target < 10 s)"
+    )
     print(f"data loading  : {loading:8.1%}   of the train pass (median; target < 5%)")
     if not args.no_lora:
-        per_frame, precision = lora_seconds_per_frame(args.lora_model, args.lora_steps, args.lora_windows,
-                                                      args.lora_window)  # fmt: skip
+        per_frame, precision = lora_seconds_per_frame(
+            args.lora_model, args.lora_steps, args.lora_windows, args.lora_window
+        )
         lora_epoch = per_frame * n_train
-        print(f"LoRA path     : {per_frame:8.3f} s/frame ({args.lora_model} {precision}, {args.lora_windows} x "
-              f"{args.lora_window} frames per step, median of {args.lora_steps} steps) -> {lora_epoch:.0f} s per "
-              f"epoch of {n_train} frames (extrapolated, train pass only)")  # fmt: skip
+        print(
+            f"LoRA path     : {per_frame:8.3f} s/frame ({args.lora_model} {precision}, {args.lora_windows} x "
+            f"{args.lora_window} frames per step, median of {args.lora_steps} steps) -> {lora_epoch:.0f} s per "
+            f"epoch of {n_train} frames (extrapolated, train pass only)"
+        )
         print(f"ratio         : {lora_epoch / epoch_s:8.0f}x  (LoRA epoch / cached epoch; target >= 100)")
     print(load_average())
 

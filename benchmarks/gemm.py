@@ -54,8 +54,10 @@ def main() -> None:
         print(f"ratio bf16 / fp32, {t} thread(s): {value[(torch.bfloat16, t)] / value[(torch.float32, t)]:.2f}")
     if threads > 1:
         for dtype in (torch.bfloat16, torch.float32):
-            print(f"ratio {threads} / 1 threads, {str(dtype).removeprefix('torch.')}: "
-                  f"{value[(dtype, threads)] / value[(dtype, 1)]:.2f}")  # fmt: skip
+            print(
+                f"ratio {threads} / 1 threads, {str(dtype).removeprefix('torch.')}: "
+                f"{value[(dtype, threads)] / value[(dtype, 1)]:.2f}"
+            )
     print(load_average())
 
 

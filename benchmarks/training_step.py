@@ -77,21 +77,26 @@ def main() -> None:
         with FeatureStore(Path(tmp) / "f.h5") as store:
             clips = store.load_many(store.clip_ids)
         rng = np.random.default_rng(0)
-        batches = [[(int(i), 0, args.window) for i in rng.integers(len(clips), size=args.batch)]
-                   for _ in range(args.steps + 1)]  # fmt: skip
+        batches = [
+            [(int(i), 0, args.window) for i in rng.integers(len(clips), size=args.batch)] for _ in range(args.steps + 1)
+        ]
         lora_cfg = repo_config()["lora"]
         head = TemporalHead(HeadConfig(in_dim=clip.embed_dim)).to(clip.device)
         cached, cached_mem = seconds_per_step(CachedFeatures(), head, clips, batches, args.steps, clip.device)
         lora = AdaptedFrames(clip, add_adapters(clip, lora_cfg).to(clip.device), frames, CROP, lora_cfg)
         adapted, lora_mem = seconds_per_step(lora, head, clips, batches, args.steps, clip.device)
     frames_per_step = args.batch * args.window
-    print(f"model {args.model}, precision {clip.precision}, device {clip.device}, {args.batch} windows x "
-          f"{args.window} frames per step, torch threads {torch.get_num_threads()}, LoRA workers "
-          f"{lora.workers}")  # fmt: skip
+    print(
+        f"model {args.model}, precision {clip.precision}, device {clip.device}, {args.batch} windows x "
+        f"{args.window} frames per step, torch threads {torch.get_num_threads()}, LoRA workers "
+        f"{lora.workers}"
+    )
     print(f"machine: {machine()}")
     print(f"cached features : {cached:8.4f} s/step  ({1 / cached:.1f} steps/s)" + _memory(cached_mem))
-    print(f"LoRA end to end : {adapted:8.4f} s/step  ({1 / adapted:.2f} steps/s, {frames_per_step / adapted:.1f} "
-          "frames/s)" + _memory(lora_mem))  # fmt: skip
+    print(
+        f"LoRA end to end : {adapted:8.4f} s/step  ({1 / adapted:.2f} steps/s, {frames_per_step / adapted:.1f} "
+        "frames/s)" + _memory(lora_mem)
+    )
     print(f"ratio           : {adapted / cached:8.1f}x  (LoRA / cached)")
 
 

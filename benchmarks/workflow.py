@@ -48,10 +48,17 @@ def workdir(tmp: Path, name: str, root: Path, shards: int = 1) -> tuple[Path, Pa
     wd = tmp / name
     wd.mkdir()
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "dataset": {"root": str(root)}, "clip": {"model": "clipva-tiny"}, "features": {"shards": shards},
-        "pretrain": {"epochs": 1}, "finetune": {"epochs": 1, "warmup_epochs": 1},
-    }))  # fmt: skip
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"root": str(root)},
+                "clip": {"model": "clipva-tiny"},
+                "features": {"shards": shards},
+                "pretrain": {"epochs": 1},
+                "finetune": {"epochs": 1, "warmup_epochs": 1},
+            }
+        )
+    )
     return wd, cfg
 
 
@@ -102,21 +109,30 @@ def main() -> None:
         for n, shards in ((small, 1), (large, 1), (large, 4)):
             wd, cfg = workdir(tmp, f"dry-{n}clips-{shards}shards", roots[n], shards)
             dry[n, shards] = dry_run(wd, cfg, args.repeat)
-            print(f"dry run, {n:4d} clips, {shards} shard(s): {dry[n, shards][0]:5.2f} s (median of {args.repeat}), "
-                  f"{dry[n, shards][1]} jobs", flush=True)  # fmt: skip
+            print(
+                f"dry run, {n:4d} clips, {shards} shard(s): {dry[n, shards][0]:5.2f} s (median of {args.repeat}), "
+                f"{dry[n, shards][1]} jobs",
+                flush=True,
+            )
         wd, cfg = workdir(tmp, f"build-{args.build_clips}clips", roots[args.build_clips])
         build, _ = snakemake(wd, cfg, "results/submission.csv", log=tmp / "build.log")
         print(f"build, {args.build_clips} clips: {build:.0f} s (pretrain/finetune 1 epoch)", flush=True)
         noops = [snakemake(wd, cfg, "results/submission.csv") for _ in range(args.repeat)]
         nothing = all("Nothing to be done" in out for _, out in noops)
         noop = median([s for s, _ in noops])
-        print(f"no-op,   {args.build_clips:4d} clips: {noop:5.2f} s (median of {args.repeat}; "
-              f"{'nothing to be done' if nothing else 'NOT a no-op: jobs ran'})")  # fmt: skip
-    print(f"dry run {large} clips: {dry[large, 1][0]:.2f} s (target < 3 s); ratio {large}/{small} clips "
-          f"{dry[large, 1][0] / dry[small, 1][0]:.2f}")  # fmt: skip
+        print(
+            f"no-op,   {args.build_clips:4d} clips: {noop:5.2f} s (median of {args.repeat}; "
+            f"{'nothing to be done' if nothing else 'NOT a no-op: jobs ran'})"
+        )
+    print(
+        f"dry run {large} clips: {dry[large, 1][0]:.2f} s (target < 3 s); ratio {large}/{small} clips "
+        f"{dry[large, 1][0] / dry[small, 1][0]:.2f}"
+    )
     print(f"no-op   {args.build_clips} clips: {noop:.2f} s (target < 3 s)")
-    print(f"jobs    : {dry[small, 1][1]} ({small} clips), {dry[large, 1][1]} ({large} clips), "
-          f"{dry[large, 4][1]} ({large} clips, 4 shards)")  # fmt: skip
+    print(
+        f"jobs    : {dry[small, 1][1]} ({small} clips), {dry[large, 1][1]} ({large} clips), "
+        f"{dry[large, 4][1]} ({large} clips, 4 shards)"
+    )
     print(load_average())
 
 

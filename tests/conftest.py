@@ -13,10 +13,17 @@ from hypothesis import HealthCheck, settings
 from clipva.demo import make_demo
 
 # Property-based tests (tests/test_fuzz.py): a fixed seed in CI; HYPOTHESIS_PROFILE=long on demand.
-settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
-settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +67,30 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True, timeout: int = 600,
-                  snakefile: Path = REPO / "Snakefile", cores: int = 2) -> subprocess.CompletedProcess:  # fmt: skip
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    overrides: dict | None = None,
+    check: bool = True,
+    timeout: int = 600,
+    snakefile: Path = REPO / "Snakefile",
+    cores: int = 2,
+) -> subprocess.CompletedProcess:
     """Run the real workflow of this repository (or a copy's `snakefile`) in `workdir` with the tiny test
     configuration."""
     config = write_config(workdir, overrides)
-    cmd = [SNAKEMAKE, *args, "-s", str(snakefile), "-d", str(workdir), "--cores", str(cores),
-           "--configfile", str(config)]  # fmt: skip
+    cmd = [
+        SNAKEMAKE,
+        *args,
+        "-s",
+        str(snakefile),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--configfile",
+        str(config),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

@@ -52,8 +52,15 @@ def labels_of(n: int) -> dict[int, dict]:
     return {i: {"valence": i - 1, "arousal": 2 * i, "landmarks": face_landmarks()} for i in range(n)}
 
 
-def write_good_clip(root: Path, clip_id: int = 1, n: int = 3, labels: dict | None = None, actor: str = "a1",
-                    images: list[Image.Image] | None = None, **kw) -> Path:  # fmt: skip
+def write_good_clip(
+    root: Path,
+    clip_id: int = 1,
+    n: int = 3,
+    labels: dict | None = None,
+    actor: str = "a1",
+    images: list[Image.Image] | None = None,
+    **kw,
+) -> Path:
     """A valid clip folder root/{clip_id:03d} with n RGB frames (or `images`) and labels; returns the folder."""
     if images is None:
         images = [Image.fromarray(frame_rgb(i)) for i in range(n)]
@@ -155,34 +162,56 @@ def _bad_label(name: str, what: str, edit: Callable[[dict], None]) -> Callable[[
 def _missing_json(root: Path, clip_id: int) -> Case:
     write_good_clip(root, clip_id, N_FRAMES)
     _json(root, clip_id).unlink()
-    return Case("missing_json", root, "bad", _json(root, clip_id), "annotation file is missing", None,
-                f"{clip_id:03d}")  # fmt: skip
+    return Case("missing_json", root, "bad", _json(root, clip_id), "annotation file is missing", None, f"{clip_id:03d}")
 
 
 def _label_without_frame(root: Path, clip_id: int) -> Case:
     write_good_clip(root, clip_id, N_FRAMES, labels=labels_of(N_FRAMES + 1))
-    return Case("label_without_frame", root, "note", _json(root, clip_id), "label without a frame (PNG missing)",
-                f"{N_FRAMES:05d}", f"{clip_id:03d}")  # fmt: skip
+    return Case(
+        "label_without_frame",
+        root,
+        "note",
+        _json(root, clip_id),
+        "label without a frame (PNG missing)",
+        f"{N_FRAMES:05d}",
+        f"{clip_id:03d}",
+    )
 
 
 def _frame_without_label(root: Path, clip_id: int) -> Case:
     labels = labels_of(N_FRAMES)
     del labels[BAD_FRAME]
     write_good_clip(root, clip_id, N_FRAMES, labels=labels)
-    return Case("frame_without_label", root, "note", _json(root, clip_id), "frame without a label",
-                f"{BAD_FRAME:05d}", f"{clip_id:03d}")  # fmt: skip
+    return Case(
+        "frame_without_label",
+        root,
+        "note",
+        _json(root, clip_id),
+        "frame without a label",
+        f"{BAD_FRAME:05d}",
+        f"{clip_id:03d}",
+    )
 
 
 def _empty_clip_folder(root: Path, clip_id: int) -> Case:
     _folder(root, clip_id).mkdir(parents=True)
-    return Case("empty_clip_folder", root, "bad", _folder(root, clip_id), "clip folder has no frames", None,
-                f"{clip_id:03d}")  # fmt: skip
+    return Case(
+        "empty_clip_folder", root, "bad", _folder(root, clip_id), "clip folder has no frames", None, f"{clip_id:03d}"
+    )
 
 
 def _single_frame_clip(root: Path, clip_id: int) -> Case:
     write_good_clip(root, clip_id, 1)
-    return Case("single_frame_clip", root, "note", _folder(root, clip_id), "clip has a single frame", None,
-                f"{clip_id:03d}", rgb=[frame_rgb(0)])  # fmt: skip
+    return Case(
+        "single_frame_clip",
+        root,
+        "note",
+        _folder(root, clip_id),
+        "clip has a single frame",
+        None,
+        f"{clip_id:03d}",
+        rgb=[frame_rgb(0)],
+    )
 
 
 def _image_mode(name: str, to_image: Callable[[int], Image.Image], rgb: Callable[[int], np.ndarray]):
@@ -210,8 +239,13 @@ SIZES = [(64, 48), (80, 60), (48, 36), (64, 48)]
 
 def _frame_sizes_differ(root: Path, clip_id: int) -> Case:
     write_good_clip(root, clip_id, images=[Image.fromarray(frame_rgb(i, w, h)) for i, (w, h) in enumerate(SIZES)])
-    return Case("frame_sizes_differ", root, "valid", clip=f"{clip_id:03d}",
-                rgb=[frame_rgb(i, w, h) for i, (w, h) in enumerate(SIZES)])  # fmt: skip
+    return Case(
+        "frame_sizes_differ",
+        root,
+        "valid",
+        clip=f"{clip_id:03d}",
+        rgb=[frame_rgb(i, w, h) for i, (w, h) in enumerate(SIZES)],
+    )
 
 
 def _duplicate_folder_id(root: Path, clip_id: int) -> Case:
@@ -221,8 +255,15 @@ def _duplicate_folder_id(root: Path, clip_id: int) -> Case:
     shutil.copytree(folder, twin)
     (twin / folder.name).with_suffix(".json").rename(twin / f"{clip_id}.json")
     _edit_json(twin / f"{clip_id}.json", lambda doc: doc.update(video_id=str(clip_id)))
-    return Case("duplicate_folder_id", root, "bad", twin, f"duplicate clip id: {clip_id:03d} has the same number",
-                None, str(clip_id))  # fmt: skip
+    return Case(
+        "duplicate_folder_id",
+        root,
+        "bad",
+        twin,
+        f"duplicate clip id: {clip_id:03d} has the same number",
+        None,
+        str(clip_id),
+    )
 
 
 def _video_id(name: str, video_id: str) -> Callable[[Path, int], Case]:
@@ -242,16 +283,22 @@ def _frame_links_out(root: Path, clip_id: int) -> Case:
     png = _png(root, clip_id)
     png.rename(outside)
     png.symlink_to(outside)
-    return Case("frame_links_out", root, "bad", png, "links out of the data root", f"{BAD_FRAME:05d}",
-                f"{clip_id:03d}")  # fmt: skip
+    return Case("frame_links_out", root, "bad", png, "links out of the data root", f"{BAD_FRAME:05d}", f"{clip_id:03d}")
 
 
 def _clip_folder_links_out(root: Path, clip_id: int) -> Case:
     """The clip folder is a link to a folder outside the data root: never read."""
     elsewhere = write_good_clip(root.parent / f"elsewhere-{clip_id:03d}", clip_id, N_FRAMES)
     _folder(root, clip_id).symlink_to(elsewhere)
-    return Case("clip_folder_links_out", root, "bad", _folder(root, clip_id), "clip folder links out of the data root",
-                None, f"{clip_id:03d}")  # fmt: skip
+    return Case(
+        "clip_folder_links_out",
+        root,
+        "bad",
+        _folder(root, clip_id),
+        "clip folder links out of the data root",
+        None,
+        f"{clip_id:03d}",
+    )
 
 
 def _non_ascii_root(root: Path, clip_id: int) -> Case:
@@ -276,37 +323,47 @@ def _nan_point(entry: dict) -> None:
 
 
 CASES: dict[str, Callable[[Path, int], Case]] = {
-    "truncated_png": _bad_png("truncated_png", "unreadable PNG (OSError: Truncated File Read)",
-                              lambda data: data[: len(data) // 2]),
-    "corrupt_png": _bad_png("corrupt_png", "unreadable PNG (UnidentifiedImageError: cannot identify image file",
-                            lambda data: np.random.default_rng(0).bytes(len(data))),
-    "png_bad_checksum": _bad_png("png_bad_checksum", "unreadable PNG (SyntaxError: broken PNG file",
-                                 _flip_middle_byte),
+    "truncated_png": _bad_png(
+        "truncated_png", "unreadable PNG (OSError: Truncated File Read)", lambda data: data[: len(data) // 2]
+    ),
+    "corrupt_png": _bad_png(
+        "corrupt_png",
+        "unreadable PNG (UnidentifiedImageError: cannot identify image file",
+        lambda data: np.random.default_rng(0).bytes(len(data)),
+    ),
+    "png_bad_checksum": _bad_png("png_bad_checksum", "unreadable PNG (SyntaxError: broken PNG file", _flip_middle_byte),
     "missing_json": _missing_json,
     "malformed_json": _bad_json("malformed_json", "malformed JSON", '{"actor": "a1", "frames": {"00000": {'),
-    "json_without_frames": _bad_json("json_without_frames", "no 'frames' object",
-                                     '{"actor": "a1", "video_id": "004"}'),
-    "non_numeric_valence": _bad_label("non_numeric_valence", "valence is not a number ('high')",
-                                      _set("valence", "high")),
+    "json_without_frames": _bad_json("json_without_frames", "no 'frames' object", '{"actor": "a1", "video_id": "004"}'),
+    "non_numeric_valence": _bad_label(
+        "non_numeric_valence", "valence is not a number ('high')", _set("valence", "high")
+    ),
     "missing_arousal": _bad_label("missing_arousal", "missing arousal", lambda entry: entry.pop("arousal")),
-    "valence_out_of_range": _bad_label("valence_out_of_range", "valence 11 is outside -10..10",
-                                       _set("valence", 11)),
-    "arousal_out_of_range": _bad_label("arousal_out_of_range", "arousal -10.5 is outside -10..10",
-                                       _set("arousal", -10.5)),
+    "valence_out_of_range": _bad_label("valence_out_of_range", "valence 11 is outside -10..10", _set("valence", 11)),
+    "arousal_out_of_range": _bad_label(
+        "arousal_out_of_range", "arousal -10.5 is outside -10..10", _set("arousal", -10.5)
+    ),
     "nan_landmarks": _bad_label("nan_landmarks", "landmarks contain NaN or infinite values", _nan_point),
     "missing_landmarks": _bad_label("missing_landmarks", "missing landmarks", lambda entry: entry.pop("landmarks")),
-    "landmarks_wrong_count": _bad_label("landmarks_wrong_count", "landmarks have shape (67, 2), expected (68, 2)",
-                                        lambda entry: entry["landmarks"].pop()),
-    "landmarks_outside_frame": _bad_label("landmarks_outside_frame", "landmarks fall outside the 64x48 frame",
-                                          _set("landmarks", (np.array(face_landmarks()) + [80, 0]).tolist())),
+    "landmarks_wrong_count": _bad_label(
+        "landmarks_wrong_count",
+        "landmarks have shape (67, 2), expected (68, 2)",
+        lambda entry: entry["landmarks"].pop(),
+    ),
+    "landmarks_outside_frame": _bad_label(
+        "landmarks_outside_frame",
+        "landmarks fall outside the 64x48 frame",
+        _set("landmarks", (np.array(face_landmarks()) + [80, 0]).tolist()),
+    ),
     "label_without_frame": _label_without_frame,
     "frame_without_label": _frame_without_label,
     "empty_clip_folder": _empty_clip_folder,
     "single_frame_clip": _single_frame_clip,
     "grayscale_png": _image_mode("grayscale_png", lambda i: Image.fromarray(frame_grey(i)), _grey_as_rgb),
     "rgba_png": _image_mode("rgba_png", _rgba, frame_rgb),
-    "png_16bit": _image_mode("png_16bit", lambda i: Image.fromarray(frame_grey(i).astype(np.uint16) * 257),
-                             _grey_as_rgb),
+    "png_16bit": _image_mode(
+        "png_16bit", lambda i: Image.fromarray(frame_grey(i).astype(np.uint16) * 257), _grey_as_rgb
+    ),
     "frame_sizes_differ": _frame_sizes_differ,
     "duplicate_folder_id": _duplicate_folder_id,
     "video_id_of_another_clip": _video_id("video_id_of_another_clip", "001"),
@@ -316,7 +373,7 @@ CASES: dict[str, Callable[[Path, int], Case]] = {
     "clip_folder_links_out": _clip_folder_links_out,
     "non_ascii_root": _non_ascii_root,
     "missing_root": _missing_root,
-}  # fmt: skip
+}
 
 
 ROOT_CASES = ("non_ascii_root", "missing_root")  # about the data root itself, not one clip of it

@@ -112,8 +112,11 @@ def loopback_cluster(tmp: Path):
         CONF.with_name("gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/null\n")
         procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], **quiet))
         procs.append(subprocess.Popen(["slurmd", "-D"], **quiet))
-        _wait(lambda: "idle" in _sh("sinfo", "-h", "-o", "%T", check=False, timeout=10).stdout, 60,
-              "the SLURM node did not become idle")  # fmt: skip
+        _wait(
+            lambda: "idle" in _sh("sinfo", "-h", "-o", "%T", check=False, timeout=10).stdout,
+            60,
+            "the SLURM node did not become idle",
+        )
         yield tmp / "log" / "slurmctld.log"
     finally:
         for proc in reversed(procs):

@@ -96,6 +96,13 @@ def test_missing_root():
 
 def test_read_annotation_of_real_format(tmp_path):
     path = tmp_path / "001.json"
-    path.write_text(json.dumps({"actor": "x", "frames": {"00000": {"valence": 0, "arousal": 1,
-                                "landmarks": face_landmarks()}}, "video_id": "001"}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "actor": "x",
+                "frames": {"00000": {"valence": 0, "arousal": 1, "landmarks": face_landmarks()}},
+                "video_id": "001",
+            }
+        )
+    )
     assert read_annotation(path)["frames"]["00000"]["arousal"] == 1

@@ -145,9 +145,12 @@ def _png(pixels: np.ndarray, colour_type: int, interlaced: bool = False) -> byte
     depth = 16 if pixels.dtype == np.uint16 else 8
     data = pixels.astype(">u2" if depth == 16 else np.uint8)
     passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
-    raw = b"".join(b"\x00" + row.tobytes()  # filter type 0 on every row
-                   for x0, y0, dx, dy in (passes if interlaced else [(0, 0, 1, 1)])
-                   for row in data[y0::dy, x0::dx] if row.size)  # fmt: skip
+    raw = b"".join(
+        b"\x00" + row.tobytes()  # filter type 0 on every row
+        for x0, y0, dx, dy in (passes if interlaced else [(0, 0, 1, 1)])
+        for row in data[y0::dy, x0::dx]
+        if row.size
+    )
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -240,8 +243,9 @@ def test_odd_modes_give_the_same_features_and_windows_as_rgb(tmp_path):
     assert np.abs(feats[clip_grey] - feats["009"]).max() < 1e-5
     assert np.abs(feats[clip_rgba] - feats["001"]).max() < 1e-5
     assert np.abs(feats["009"] - feats["001"]).max() > 1e-3  # the frames differ, so the check has teeth
-    windows = FrameWindows(frames, [(k, np.arange(N_FRAMES)) for k in (clip_16, "009", clip_rgba, "001")],
-                           clip.preprocess, crop)  # fmt: skip
+    windows = FrameWindows(
+        frames, [(k, np.arange(N_FRAMES)) for k in (clip_16, "009", clip_rgba, "001")], clip.preprocess, crop
+    )
     assert (windows[0] - windows[1]).abs().max() < 1e-6 and (windows[2] - windows[3]).abs().max() < 1e-6
 
 
@@ -275,8 +279,9 @@ def test_frames_that_pass_the_index_but_cannot_be_decoded_stop_or_are_skipped_at
     shards = [str(tmp_path / f"{k}.h5") for k in range(2)]
     for k, clips in enumerate([["001", "003"], ["002"]]):  # two shards, as the workflow writes them
         part = frames[frames["clip_id"].isin(clips)]
-        summary = extract_features(part, shards[k], clip, crop, None, batch_size=3, num_workers=1, progress=False,
-                                   on_bad_input="skip")  # fmt: skip
+        summary = extract_features(
+            part, shards[k], clip, crop, None, batch_size=3, num_workers=1, progress=False, on_bad_input="skip"
+        )
         assert summary["skipped"] == (N_FRAMES if k == 0 else 1)
     skipped = merge_stores(shards, tmp_path / "f.h5")
     assert [s["path"] for s in skipped] == whole_clip + [bad_frame]
@@ -308,8 +313,9 @@ def test_frames_that_pass_the_index_but_cannot_be_decoded_stop_or_are_skipped_at
 @pytest.mark.e2e
 def test_workflow_stops_on_a_corrupt_png_naming_file_and_frame(tmp_path):
     case = make_case("corrupt_png", tmp_path / "data")
-    proc = run_snakemake(tmp_path, "results/index/frames.csv", overrides={"dataset": {"root": str(case.root)}},
-                         check=False)  # fmt: skip
+    proc = run_snakemake(
+        tmp_path, "results/index/frames.csv", overrides={"dataset": {"root": str(case.root)}}, check=False
+    )
     assert proc.returncode != 0
     log = (tmp_path / "logs/index.log").read_text(encoding="utf-8")
     errors = [line for line in log.splitlines() if "ERROR" in line]

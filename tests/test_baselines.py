@@ -63,7 +63,9 @@ def test_the_smoothed_probe_is_chosen_on_validation_and_beats_the_raw_one():
     # nothing from the test split: the same choices whatever the test clips
     other = ridge_baselines(train, val, _clips(6, 3))
     assert (other["smoothed_ridge_probe"]["alpha"], other["smoothed_ridge_probe"]["window"]) == (
-        smooth["alpha"], smooth["window"])  # fmt: skip
+        smooth["alpha"],
+        smooth["window"],
+    )
 
 
 def test_the_constant_predicts_the_training_mean():

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow  # several torch processes: minutes in all
 
 
 def run(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -49,8 +55,21 @@ def test_benchmarks_run_under_the_workflows_openmp_policy():
 
 
 def test_extraction_rounds_and_ratios(tmp_path):
-    out = run("extraction.py", "--model", "clipva-tiny", "--clips", "2", "--repeat", "2", "--batch-size", "16",
-              "--precision", "bf16", "--data", str(tmp_path / "afew-va"))  # fmt: skip
+    out = run(
+        "extraction.py",
+        "--model",
+        "clipva-tiny",
+        "--clips",
+        "2",
+        "--repeat",
+        "2",
+        "--batch-size",
+        "16",
+        "--precision",
+        "bf16",
+        "--data",
+        str(tmp_path / "afew-va"),
+    )
     assert len(re.findall(r"^round \d+: ", out, re.MULTILINE)) == 2, out
     end_to_end, encoder = figure(out, "end to end"), figure(out, "encoder only")
     naive, ceiling = figure(out, "naive loop"), figure(out, "ceiling")
@@ -87,8 +106,10 @@ def test_finetune_epoch_runs():
 
 def test_finetune_cost_compares_now_with_before():
     out = run("finetune_cost.py", "--clips", "10", "--epochs", "1", "--rounds", "1")
-    now, before = (float(re.search(rf"^{name}\s*:.* a run of \d+ epochs\s+([0-9.]+) s", out, re.MULTILINE).group(1))
-                   for name in ("now", "before"))  # fmt: skip
+    now, before = (
+        float(re.search(rf"^{name}\s*:.* a run of \d+ epochs\s+([0-9.]+) s", out, re.MULTILINE).group(1))
+        for name in ("now", "before")
+    )
     assert figure(out, "ratio run now / before") == pytest.approx(now / before, abs=0.01)
 
 
@@ -106,15 +127,23 @@ def test_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
     """benchmarks/gpu_check.sh is the command a session with a GPU runs first; here its CPU fallback runs the
     same steps at toy sizes, so the script itself is tested (each row ok, with its figure)."""
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert table[0] == "| check | result | seconds |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[1:]}
     assert len(rows) == 5 and not any("FAILED" in line for line in rows.values())
     assert re.search(r"test mean CCC -?[0-9.]+", rows["tiny workflow end to end"])
-    assert re.search(r"end to end : [0-9.]+ frames/s.*ratio : [0-9.]+", next(v for k, v in rows.items()
-                                                                             if k.startswith("extraction")))
+    assert re.search(
+        r"end to end : [0-9.]+ frames/s.*ratio : [0-9.]+",
+        next(v for k, v in rows.items() if k.startswith("extraction")),
+    )
     assert re.search(r"[0-9.]+ steps/s", next(v for k, v in rows.items() if k.startswith("LoRA step")))
     assert sum("fine-tuning epoch" in k and "val CCC" in v for k, v in rows.items()) == 2

@@ -75,14 +75,20 @@ def test_values_in_range_and_landmarks_inside_frame(demo):
 
 
 def _trajectories(root: Path) -> list[np.ndarray]:
-    return [np.array([[a["valence"], a["arousal"]] for _, a in sorted(doc["frames"].items())])
-            for _, doc, _ in _clips(root) if doc["frames"]]
+    return [
+        np.array([[a["valence"], a["arousal"]] for _, a in sorted(doc["frames"].items())])
+        for _, doc, _ in _clips(root)
+        if doc["frames"]
+    ]
 
 
 def _within_share(per_clip: list[np.ndarray]) -> np.ndarray:
     """Share of the label variance that lies within clips, per dimension."""
-    return np.mean([c.var(0) * len(c) for c in per_clip], 0) / np.concatenate(per_clip).var(0) / np.mean(
-        [len(c) for c in per_clip])
+    return (
+        np.mean([c.var(0) * len(c) for c in per_clip], 0)
+        / np.concatenate(per_clip).var(0)
+        / np.mean([len(c) for c in per_clip])
+    )
 
 
 def test_labels_cover_the_range_and_move_within_clips(demo):
@@ -98,8 +104,16 @@ def test_labels_cover_the_range_and_move_within_clips(demo):
 def test_dynamics_are_configurable(tmp_path):
     def labels(**dynamics):
         root = tmp_path / str(len(list(tmp_path.iterdir())))
-        make_demo(root, n_clips=16, n_actors=2, min_frames=30, max_frames=40, frame_sizes=((48, 40),),
-                  unlabeled_clips=0, dynamics=dynamics)
+        make_demo(
+            root,
+            n_clips=16,
+            n_actors=2,
+            min_frames=30,
+            max_frames=40,
+            frame_sizes=((48, 40),),
+            unlabeled_clips=0,
+            dynamics=dynamics,
+        )
         return _trajectories(root)
 
     still = labels(movement=0, jumps=0)
@@ -123,8 +137,7 @@ def test_clip_lengths_sizes_and_actor_identity(demo):
         sizes |= clip_sizes
         for ann in doc["frames"].values():  # eye spacing / jaw width: fixed by the actor's face
             lm = np.array(ann["landmarks"])
-            ratio.setdefault(doc["actor"], []).append(
-                np.linalg.norm(lm[42] - lm[39]) / np.linalg.norm(lm[16] - lm[0]))
+            ratio.setdefault(doc["actor"], []).append(np.linalg.norm(lm[42] - lm[39]) / np.linalg.norm(lm[16] - lm[0]))
     assert len(lengths) > 3 and min(lengths) >= 19 and max(lengths) <= 50
     assert sizes == set(SIZES)
     within = max(np.std(r) for r in ratio.values())
@@ -201,8 +214,10 @@ def test_geometry_follows_labels(demo):
 
 def test_frame_mean_intensity_does_not_carry_labels(demo):
     root, _ = demo
-    rows = [(ann["valence"], ann["arousal"], np.asarray(img.convert("L"), float).mean(), np.asarray(img).mean())
-            for _, _, ann, img in _labelled_frames(root)]
+    rows = [
+        (ann["valence"], ann["arousal"], np.asarray(img.convert("L"), float).mean(), np.asarray(img).mean())
+        for _, _, ann, img in _labelled_frames(root)
+    ]
     v, a, luma, rgb = np.array(rows).T
     for intensity in (luma, rgb):
         assert abs(np.corrcoef(intensity, v)[0, 1]) < 0.2 and abs(np.corrcoef(intensity, a)[0, 1]) < 0.2

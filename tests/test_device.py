@@ -54,8 +54,7 @@ def test_head_and_losses_run_on_the_device():
         y = torch.rand(4, 12, 2, device=cuda) * 2 - 1
         for kind in ("mse", "ccc", "mix"):
             regression_loss(va, y, mask, kind).backward(retain_graph=True)
-        temporal_contrastive_loss(pooled, pooled.flip(0), 0.1, torch.arange(4, device=cuda)).backward(
-            retain_graph=True)  # fmt: skip
+        temporal_contrastive_loss(pooled, pooled.flip(0), 0.1, torch.arange(4, device=cuda)).backward(retain_graph=True)
         text = torch.randn(9, 16, device=cuda)
         vision_language_loss(pooled, text, torch.tensor([0, 3, 3, 8], device=cuda)).backward()
         assert predict_clip(head, np.random.default_rng(0).normal(size=(40, 16)), 12, 6).shape == (40, 2)
@@ -78,8 +77,9 @@ def test_pretraining_and_finetuning_run_on_the_device_as_on_the_host(data):
     for name in ("host", "device"):
         with simulated_cuda() if name == "device" else contextlib.nullcontext(CPU) as device:
             head, pre = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 1}, text, device=device)
-            tuned, history, best = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 2},
-                                            device=device)  # fmt: skip
+            tuned, history, best = finetune(
+                data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 2}, device=device
+            )
             table = predictions_table(tuned.to(device), data["val"], "val", WINDOW["window"], WINDOW["stride"])
             runs[name] = (pre, history, table)
     # the simulated device computes on the host: the same numbers (to rounding), so nothing was skipped
@@ -91,9 +91,18 @@ def test_pretraining_and_finetuning_run_on_the_device_as_on_the_host(data):
 
 def test_a_lora_step_and_its_evaluation_run_on_the_device(demo_root):
     frames, _ = index_dataset(demo_root)
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["attn", "c_fc", "c_proj"], "lr": 5e-3,
-            "num_workers": 0, "grad_checkpointing": True, "max_frames_per_step": 256, "seed": 0,
-            "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2}}  # fmt: skip
+    lora = {
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": ["attn", "c_fc", "c_proj"],
+        "lr": 5e-3,
+        "num_workers": 0,
+        "grad_checkpointing": True,
+        "max_frames_per_step": 256,
+        "seed": 0,
+        "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2},
+    }
     crop = {"method": "landmarks", "margin": 0.2}
     clip_ids = sorted(frames["clip_id"].unique())[:4]
     clips = []
@@ -124,7 +133,13 @@ def _clip_features(clip_id, frame_index, va):
 @pytest.mark.gpu
 def test_finetuning_on_a_real_gpu(data):
     cuda = torch.device("cuda")
-    head, _ = pretrain(data["train"], HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16),
-                       WINDOW, {**PRETRAIN, "epochs": 1}, np.ones((9, 8), np.float32), device=cuda)  # fmt: skip
+    head, _ = pretrain(
+        data["train"],
+        HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16),
+        WINDOW,
+        {**PRETRAIN, "epochs": 1},
+        np.ones((9, 8), np.float32),
+        device=cuda,
+    )
     _, history, _ = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 2}, device=cuda)
     assert len(history) == 2 and np.isfinite(history[-1]["val_mean_ccc"])

@@ -25,8 +25,11 @@ def _predictions(seed: int, clips: list[str]) -> pd.DataFrame:
 
 def _metrics(pred: pd.DataFrame) -> dict:
     m = metrics_on_test_split(pred)
-    m["baselines"] = {"ridge_probe": {"test": {"mean_ccc": 0.1}}, "smoothed_ridge_probe": {"test": {"mean_ccc": 0.2}},
-                      "constant": {"mean_ccc": 0.0}}
+    m["baselines"] = {
+        "ridge_probe": {"test": {"mean_ccc": 0.1}},
+        "smoothed_ridge_probe": {"test": {"mean_ccc": 0.2}},
+        "constant": {"mean_ccc": 0.0},
+    }
     return m
 
 
@@ -34,8 +37,12 @@ def test_cv_summary_is_mean_and_std_over_folds_and_pools_all_folds():
     preds = {("a", k): _predictions(k, [f"{k}{i}" for i in range(3)]) for k in range(3)}
     metrics = {key: _metrics(p) for key, p in preds.items()}
     table = cv_summary(metrics, preds)
-    row = table[(table["run"] == "a") & (table["view"] == "pooled") & (table["dimension"] == "valence")
-                & (table["metric"] == "ccc")].iloc[0]  # fmt: skip
+    row = table[
+        (table["run"] == "a")
+        & (table["view"] == "pooled")
+        & (table["dimension"] == "valence")
+        & (table["metric"] == "ccc")
+    ].iloc[0]
     folds = [metrics[("a", k)]["pooled"]["valence"]["ccc"] for k in range(3)]
     assert [row[f"fold{k}"] for k in range(3)] == pytest.approx(folds)
     assert row["mean"] == pytest.approx(np.mean(folds)) and row["std"] == pytest.approx(np.std(folds, ddof=1))
@@ -63,8 +70,15 @@ def test_compare_runs_has_a_row_per_run():
     table = compare_runs(metrics)
     assert table["run"].tolist() == ["main", "other"]
     assert table.loc[0, "mean_ccc"] == metrics["main"]["pooled"]["mean_ccc"]
-    assert {"ccc_valence", "rmse_arousal", "sagr_valence", "ridge_probe_mean_ccc", "smoothed_ridge_probe_mean_ccc",
-            "change_ratio_valence", "change_ratio_arousal"} <= set(table.columns)  # fmt: skip
+    assert {
+        "ccc_valence",
+        "rmse_arousal",
+        "sagr_valence",
+        "ridge_probe_mean_ccc",
+        "smoothed_ridge_probe_mean_ccc",
+        "change_ratio_valence",
+        "change_ratio_arousal",
+    } <= set(table.columns)
 
 
 VARIANTS = {"split": {"folds": 3}, "runs": {"nopre": {"pretrain": {"epochs": 0}}}}  # cv.runs: [] is `run`
@@ -102,13 +116,22 @@ def test_cross_validation_and_comparison_of_runs(tmp_path):
     dry = run_snakemake(tmp_path, "-n", "cv", "compare", overrides=more)
     planned = dry.stdout.split("Job stats:")[1].split("Reasons:")[0]
     assert "results/runs/mse/finetune/best.pt" in dry.stdout and "results/runs/main/" not in dry.stdout.replace(
-        "results/runs/main/eval/metrics.json", "")  # fmt: skip
+        "results/runs/main/eval/metrics.json", ""
+    )
     assert "cv_summary" not in planned and "extract_features" not in planned
 
     # one report: the config, the metrics, the CV summary, the comparison and every plot
     report = tmp_path / "report.html"
     run_snakemake(tmp_path, "--report", str(report), "all", "cv", "compare", overrides=VARIANTS)
     html = report.read_text()
-    for name in ("summary.csv", "runs.csv", "config.yaml", "metrics.json", "summary.png", "runs.png",
-                 "curves.png", "circumplex.png"):  # fmt: skip
+    for name in (
+        "summary.csv",
+        "runs.csv",
+        "config.yaml",
+        "metrics.json",
+        "summary.png",
+        "runs.png",
+        "curves.png",
+        "circumplex.png",
+    ):
         assert name in html, name

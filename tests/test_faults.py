@@ -22,8 +22,18 @@ pytestmark = pytest.mark.e2e
 
 def _command(workdir: Path, *args: str, overrides: dict | None = None) -> list[str]:
     config = write_config(workdir, overrides)
-    return [SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-            "--configfile", str(config)]  # fmt: skip
+    return [
+        SNAKEMAKE,
+        *args,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+    ]
 
 
 def _again(workdir: Path, what: str, overrides: dict | None = None) -> None:
@@ -76,8 +86,13 @@ def test_killed_extraction_reruns_to_the_same_store(features_ready, tmp_path):
 
 # No ridge start: the best epoch is then a trained one, so the metrics depend on every epoch before it (from the
 # ridge start, the tiny LoRA run kept its start and the comparison could not see a resume that went wrong).
-LORA = {"run": "lora", "training": {"backbone": "lora"}, "pretrain": {"epochs": 1},
-        "finetune": {"epochs": 3, "batch_size": 4, "linear_init": False}, "lora": {"num_workers": 0}}  # fmt: skip
+LORA = {
+    "run": "lora",
+    "training": {"backbone": "lora"},
+    "pretrain": {"epochs": 1},
+    "finetune": {"epochs": 3, "batch_size": 4, "linear_init": False},
+    "lora": {"num_workers": 0},
+}
 CACHED = {"finetune": {"epochs": 40, "patience": 100}}
 
 
@@ -104,8 +119,11 @@ def test_killed_finetuning_resumes_to_the_same_metrics(features_ready, tmp_path,
 
 def _mount_tmpfs(path: Path, *options: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(["size=256k", *options]), "tmpfs", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(["size=256k", *options]), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small file system here to fill up ({proc.stderr.strip()})")
 

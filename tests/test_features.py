@@ -83,8 +83,12 @@ def test_precision_resolution(monkeypatch, tmp_path, caplog):
     assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
     # auto on CPU: always fp32, whose features (unlike bf16's) agree across CPU kinds; bf16 where asked for,
     # with a warning where the CPU lacks bf16 matrix instructions (bf16 is ~8x slower than fp32 without)
-    for flags, fast in [("fpu avx2 fma", False), ("avx512f amx_bf16 amx_tile", True), ("avx512_bf16", True),
-                        ("avx512_bf16x", False)]:  # fmt: skip
+    for flags, fast in [
+        ("fpu avx2 fma", False),
+        ("avx512f amx_bf16 amx_tile", True),
+        ("avx512_bf16", True),
+        ("avx512_bf16x", False),
+    ]:
         (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : {flags}\n")
         assert cpu_has_fast_bf16(tmp_path / "cpuinfo") is fast, flags
     assert cpu_has_fast_bf16(tmp_path / "missing") is False
@@ -196,7 +200,8 @@ def test_a_failed_write_leaves_no_store_behind(demo_root, tmp_path):
     frames.loc[frames.index[5], "path"] = str(tmp_path / "missing.png")
     clip = load_clip("clipva-tiny", None, "fp32", "cpu")
     with pytest.raises(Exception, match="missing.png"):
-        extract_features(frames, str(tmp_path / "out.h5"), clip, CROP, None, batch_size=4, num_workers=0,
-                         progress=False)  # fmt: skip
+        extract_features(
+            frames, str(tmp_path / "out.h5"), clip, CROP, None, batch_size=4, num_workers=0, progress=False
+        )
     assert list(tmp_path.iterdir()) == []
     assert not h5py.is_hdf5(tmp_path / "out.h5") if (tmp_path / "out.h5").exists() else True

@@ -18,9 +18,18 @@ from clipva.predict import load_model
 from clipva.store import ClipFeatures, FeatureStore
 from clipva.training import finetune, validation_ccc
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["attn", "c_fc", "c_proj"], "lr": 5e-3,
-        "num_workers": 0, "grad_checkpointing": False, "max_frames_per_step": 256, "seed": 0,
-        "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2}}  # fmt: skip
+LORA = {
+    "r": 4,
+    "alpha": 8,
+    "dropout": 0.0,
+    "target_modules": ["attn", "c_fc", "c_proj"],
+    "lr": 5e-3,
+    "num_workers": 0,
+    "grad_checkpointing": False,
+    "max_frames_per_step": 256,
+    "seed": 0,
+    "augment": {"crop_jitter": 0.05, "flip": True, "colour": 0.2},
+}
 CROP = {"method": "landmarks", "margin": 0.2}
 
 
@@ -113,8 +122,11 @@ def test_a_step_moves_the_adapters_and_changes_the_outputs(tmp_path):
     # in a shareable model folder: safetensors and JSON only, and the same adapted tower once loaded
     in_dim = load_clip("clipva-tiny", None, "fp32", "cpu").embed_dim
     save_head(tmp_path / "best.pt", TemporalHead(HeadConfig(in_dim, 8, 1, 2, embed_dim=8)), {"window": 8, "stride": 4})
-    settings = {"clip": {"model": "clipva-tiny", "pretrained": None, "precision": "fp32"},
-                "face_crop": {"method": "none", "margin": 0.0}, "training": {"backbone": "lora"}}  # fmt: skip
+    settings = {
+        "clip": {"model": "clipva-tiny", "pretrained": None, "precision": "fp32"},
+        "face_crop": {"method": "none", "margin": 0.0},
+        "training": {"backbone": "lora"},
+    }
     export_model(tmp_path / "model", tmp_path / "best.pt", tmp_path / "adapter", settings)
     assert {p.suffix for p in (tmp_path / "model").rglob("*") if p.is_file()} <= {".json", ".md", ".safetensors"}
     assert (tmp_path / "model/adapter/adapter_model.safetensors").is_file()
@@ -151,8 +163,18 @@ def test_finetuning_with_lora_trains_the_adapters(demo_root, tmp_path):
     visual = add_adapters(clip, LORA)
     before = _lora_b(visual)
     backbone = AdaptedFrames(clip, visual, frames, CROP, LORA)
-    cfg = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0, "loss": "mix",
-           "ccc_weight": 0.5, "patience": 5, "seed": 0, "linear_init": False}  # fmt: skip
+    cfg = {
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "warmup_epochs": 0,
+        "loss": "mix",
+        "ccc_weight": 0.5,
+        "patience": 5,
+        "seed": 0,
+        "linear_init": False,
+    }
     window = {"window": 8, "stride": 4}
     resume = ResumeState(tmp_path / "state.pt", "test")
     tuned, history, best = finetune(train, val, head, window, cfg, resume, backbone=backbone)
@@ -200,8 +222,9 @@ def test_clip_features_are_encoded_once_until_the_adapters_train(demo_root):
     clips = []
     for clip_id, rows in list(frames.groupby("clip_id"))[:3]:
         n = len(rows)
-        clips.append(ClipFeatures(clip_id, np.zeros((n, 64), np.float32), rows["frame"].to_numpy(), np.zeros(n),
-                                  np.zeros(n)))  # fmt: skip
+        clips.append(
+            ClipFeatures(clip_id, np.zeros((n, 64), np.float32), rows["frame"].to_numpy(), np.zeros(n), np.zeros(n))
+        )
     backbone.train(False)
     first = backbone.features_of(clips)
     assert [len(f) for f in first] == [len(c.frame_index) for c in clips] and sum(seen) == sum(map(len, first))

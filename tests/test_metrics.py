@@ -74,8 +74,12 @@ def test_va_metrics_structure():
     m = va_metrics(p, t)
     assert set(m) == {*DIMENSIONS, "mean_ccc"}
     for i, d in enumerate(DIMENSIONS):
-        assert m[d] == {"rmse": rmse(p[:, i], t[:, i]), "pcc": pcc(p[:, i], t[:, i]),
-                        "ccc": ccc(p[:, i], t[:, i]), "sagr": sagr(p[:, i], t[:, i])}
+        assert m[d] == {
+            "rmse": rmse(p[:, i], t[:, i]),
+            "pcc": pcc(p[:, i], t[:, i]),
+            "ccc": ccc(p[:, i], t[:, i]),
+            "sagr": sagr(p[:, i], t[:, i]),
+        }
         assert all(type(v) is float for v in m[d].values())
     assert m["mean_ccc"] == pytest.approx((m["valence"]["ccc"] + m["arousal"]["ccc"]) / 2)
     assert type(m["mean_ccc"]) is float

@@ -25,8 +25,10 @@ FPS = 10
 # train what the tiny config learns in a few epochs: labels that move little within a clip, and the head the
 # thresholds were measured with (tanh output, no smoothing); the default head keeps 2 test clips' valence
 # nearly constant here, which makes the correlations meaningless.
-STILL = {"demo": {"dynamics": {"level": 7.5, "movement": 2}},
-         "head": {"output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0}}
+STILL = {
+    "demo": {"dynamics": {"level": 7.5, "movement": 2}},
+    "head": {"output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0},
+}
 
 
 def _clip_video(workdir, clip_id, out):
@@ -92,8 +94,11 @@ def test_video_predictions_follow_the_evaluated_model_and_the_arousal_labels(tra
     assert _corr(video[labeled, 1], labels[labeled, 1]) > _corr(store[labeled, 1], labels[labeled, 1]) - 0.25
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue #19): on this demo's test clips the video's valence "
-                   "follows the labels at 0.17 against 0.58 for the store's predictions of the same model")  # fmt: skip
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue #19): on this demo's test clips the video's valence "
+    "follows the labels at 0.17 against 0.58 for the store's predictions of the same model",
+)
 def test_video_valence_follows_the_labels_as_the_store_does(trained):
     video, store, labels = _video_store_labels(*trained[::2])
     labeled = ~np.isnan(labels).any(1)
@@ -103,15 +108,29 @@ def test_video_valence_follows_the_labels_as_the_store_does(trained):
 def test_the_command_line_gives_what_the_rule_gives(trained, tmp_path):
     workdir, videos, counts = trained
     clip_id = next(iter(counts))
-    proc = subprocess.run([str(BIN / "clipva"), "predict", str(videos / f"clip {clip_id}.mp4"), "--model",
-                           str(workdir / "results/runs/main/model"), "--out", str(tmp_path)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(BIN / "clipva"),
+            "predict",
+            str(videos / f"clip {clip_id}.mp4"),
+            "--model",
+            str(workdir / "results/runs/main/model"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     ours = pd.read_csv(tmp_path / f"clip {clip_id}.csv")
     rule = pd.read_csv(workdir / f"results/predict/clip {clip_id}.csv")
     pd.testing.assert_frame_equal(ours, rule)
-    bad = subprocess.run([str(BIN / "clipva"), "predict", str(videos), "--model", "nonexistent"], capture_output=True,
-                         text=True, cwd=tmp_path)  # fmt: skip
+    bad = subprocess.run(
+        [str(BIN / "clipva"), "predict", str(videos), "--model", "nonexistent"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 1 and "--model nonexistent" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -145,8 +164,9 @@ def test_annotated_videos_become_training_data(trained, tmp_path):
         n = _clip_video(workdir, clip_id, source / f"v{clip_id}.mp4")
         pngs = sorted(frames.loc[frames["clip_id"] == clip_id, "frame"])
         by_png = dict(zip(pngs, range(n), strict=True))  # the video's frame k is the clip's k-th PNG
-        pd.DataFrame({"frame": [by_png[f] for f in rows["frame"]], "valence": rows["valence"],
-                      "arousal": rows["arousal"]}).to_csv(source / f"v{clip_id}.csv", index=False)  # fmt: skip
+        pd.DataFrame(
+            {"frame": [by_png[f] for f in rows["frame"]], "valence": rows["valence"], "arousal": rows["arousal"]}
+        ).to_csv(source / f"v{clip_id}.csv", index=False)
     work = tmp_path / "work"
     work.mkdir()
     run_snakemake(work, "results/index/frames.csv", overrides={"dataset": {"root": str(source), "format": "videos"}})

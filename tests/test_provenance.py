@@ -31,20 +31,23 @@ def _package(src: Path, modules: dict[str, str]) -> None:
 def package(tmp_path):
     """A made-up clipva in tmp_path/src and a script beside it; returns (script, src)."""
     src = tmp_path / "src"
-    _package(src, {
-        "clipva.__init__": '__version__ = "1"\n',
-        "clipva.a": "import numpy\nfrom clipva.b import thing\n",
-        "clipva.b": "def thing():\n    from clipva import c\n    return c\nthing = 1\n",
-        "clipva.c": "from . import d\nfrom .sub.e import name\n",
-        "clipva.d": "import clipva.f as f\n",
-        "clipva.f": "try:\n    import clipva.i\nexcept ImportError:\n    pass\n",
-        "clipva.sub.__init__": "from .. import g\n",
-        "clipva.sub.e": "from ..h import *\nname = 1\n",
-        "clipva.g": "",
-        "clipva.h": "",
-        "clipva.i": "",
-        "clipva.unused": "import clipva.a\n",
-    })  # fmt: skip
+    _package(
+        src,
+        {
+            "clipva.__init__": '__version__ = "1"\n',
+            "clipva.a": "import numpy\nfrom clipva.b import thing\n",
+            "clipva.b": "def thing():\n    from clipva import c\n    return c\nthing = 1\n",
+            "clipva.c": "from . import d\nfrom .sub.e import name\n",
+            "clipva.d": "import clipva.f as f\n",
+            "clipva.f": "try:\n    import clipva.i\nexcept ImportError:\n    pass\n",
+            "clipva.sub.__init__": "from .. import g\n",
+            "clipva.sub.e": "from ..h import *\nname = 1\n",
+            "clipva.g": "",
+            "clipva.h": "",
+            "clipva.i": "",
+            "clipva.unused": "import clipva.a\n",
+        },
+    )
     script = tmp_path / "script.py"
     script.write_text("import json\nfrom clipva.a import something\nfrom clipva import __version__\n")
     return script, src
@@ -52,8 +55,19 @@ def package(tmp_path):
 
 def test_the_closure_follows_every_kind_of_import(package):
     script, src = package
-    expected = ["clipva", "clipva.a", "clipva.b", "clipva.c", "clipva.d", "clipva.f", "clipva.g", "clipva.h",
-                "clipva.i", "clipva.sub", "clipva.sub.e"]  # fmt: skip
+    expected = [
+        "clipva",
+        "clipva.a",
+        "clipva.b",
+        "clipva.c",
+        "clipva.d",
+        "clipva.f",
+        "clipva.g",
+        "clipva.h",
+        "clipva.i",
+        "clipva.sub",
+        "clipva.sub.e",
+    ]
     assert import_closure(script, src) == expected  # not clipva.unused: nothing reaches it
 
 
@@ -112,14 +126,24 @@ DIRECT = {
     "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
     "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
     # backbones lazily; faces (the box columns) for prediction
-    "afew": RUNS | TUNE | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model",
-                           "predict_video"},
+    "afew": RUNS
+    | TUNE
+    | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model", "predict_video"},
     "video": {"convert_videos", "predict_video", "export_model"},  # predict imports it in a function
     "training": {"pretrain", "finetune"} | TUNE,  # not text_embeddings: the prompts are in clipva.prompts
     "prompts": {"text_embeddings", "pretrain", "finetune"} | TUNE,
     "lora": RUNS | TUNE | {"export_model", "predict_video"},  # frozen runs too: their scripts import it
-    "store": RUNS | TUNE | {"extract_features", "merge_features", "submission", "cv_summary", "compare_runs",
-                     "export_model", "predict_video"},  # fmt: skip
+    "store": RUNS
+    | TUNE
+    | {
+        "extract_features",
+        "merge_features",
+        "submission",
+        "cv_summary",
+        "compare_runs",
+        "export_model",
+        "predict_video",
+    },
     "atomic": EVERY_SCRIPT,
     "__init__": EVERY_SCRIPT,  # importing clipva.x runs clipva/__init__.py
     "cli": set(),
@@ -130,7 +154,9 @@ DIRECT = {
 }
 # ... and all that is planned then, dependants included.
 PLANNED = {
-    "training": RUNS | TUNE | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
+    "training": RUNS
+    | TUNE
+    | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
     | AGGREGATES,
     "demo": EVERY_SCRIPT - {"text_embeddings", "resolved_config"} | AGGREGATES,
     "cli": set(),
@@ -188,8 +214,7 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(tmp_p
     pd.DataFrame({"frame": range(n), "valence": 1.0, "arousal": -2.0}).to_csv(work / "demo/annotated.csv", index=False)
     (work / "videos").mkdir()
     _video(sorted(second.glob("*.png")), work / "videos/own.mp4")
-    overrides = {"split": {"folds": 3}, "predict": {"videos": str(work / "videos")},
-                 "tune": {"trials": 2, "folds": 2}}
+    overrides = {"split": {"folds": 3}, "predict": {"videos": str(work / "videos")}, "tune": {"trials": 2, "folds": 2}}
 
     def snakemake(copy: Path, *args: str):
         return run_snakemake(work, *args, *TARGETS, overrides=overrides, snakefile=copy / "Snakefile")
@@ -228,7 +253,10 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(tmp_p
         halves = pool.map(planned_after_edits, copies, [stems[k :: len(copies)] for k in range(len(copies))])
         planned = {stem: rules for half in halves for stem, rules in half.items()}
     assert planned.keys() == expected.keys()
-    wrong = {stem: {"missing": expected[stem] - planned[stem], "extra": planned[stem] - expected[stem]}
-             for stem in stems if planned[stem] != expected[stem]}  # fmt: skip
+    wrong = {
+        stem: {"missing": expected[stem] - planned[stem], "extra": planned[stem] - expected[stem]}
+        for stem in stems
+        if planned[stem] != expected[stem]
+    }
     assert not wrong
     assert all(_planned(snakemake(copy, "-n")) == set() for copy in copies)  # every file restored

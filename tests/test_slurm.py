@@ -44,8 +44,19 @@ def as_test(line: str, workdir: Path, config: Path) -> list[str]:
         words.insert(words.index("--configfile") + 1, str(config))
     else:
         words += ["--configfile", str(config)]
-    return ["timeout", "-k", "20", "900", *words, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--slurm-init-seconds-before-status-checks", "1"]  # fmt: skip
+    return [
+        "timeout",
+        "-k",
+        "20",
+        "900",
+        *words,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+    ]
 
 
 def _jobs() -> list[str]:
@@ -67,8 +78,7 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
         if not line.startswith(".venv/bin/snakemake"):
             subprocess.run(line, shell=True, cwd=remote, check=True)  # e.g. writing shards.yaml
             continue
-        proc = subprocess.run(as_test(line, remote, config), cwd=remote, capture_output=True, text=True,
-                              timeout=960)  # fmt: skip
+        proc = subprocess.run(as_test(line, remote, config), cwd=remote, capture_output=True, text=True, timeout=960)
         assert proc.returncode == 0, line + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
         seen.update((job.split()[0], job) for job in _jobs() if job.split()[0] not in before)
         if line == commands[0]:
@@ -78,8 +88,12 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
     jobs = list(seen.values())
     rules = [line.split("Comment=")[1].split()[0] for line in jobs]
     assert all("JobState=COMPLETED" in line for line in jobs)
-    assert {r.split("_wildcards")[0] for r in rules} >= {"rule_extract_features", "rule_merge_features",
-                                                        "rule_pretrain", "rule_finetune"}  # fmt: skip
+    assert {r.split("_wildcards")[0] for r in rules} >= {
+        "rule_extract_features",
+        "rule_merge_features",
+        "rule_pretrain",
+        "rule_finetune",
+    }
     assert sum(r.startswith("rule_extract_features") for r in rules) == 1 + 8
     assert all("gpu" in line for line in jobs if "Comment=rule_extract_features" in line)
     # the frozen path's head trains and evaluates on CPUs: no GPU held for it

@@ -6,15 +6,23 @@ from clipva.splits import actor_folds, assign_splits, parse_id_ranges
 
 
 def _clips(n=30, actors=6):
-    return pd.DataFrame({
-        "clip_id": [f"{i:03d}" for i in range(1, n + 1)],
-        "actor": [f"actor_{i % actors}" for i in range(n)],
-        "n_frames": 10, "n_labeled": [10] * (n - 1) + [0],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "clip_id": [f"{i:03d}" for i in range(1, n + 1)],
+            "actor": [f"actor_{i % actors}" for i in range(n)],
+            "n_frames": 10,
+            "n_labeled": [10] * (n - 1) + [0],
+        }
+    )
 
 
-CFG = {"seed": 0, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
-       "ids": {"train": "1-20", "val": "21-25", "test": "26-30"}, "folds": 3, "fold": 0}  # fmt: skip
+CFG = {
+    "seed": 0,
+    "fractions": {"train": 0.6, "val": 0.2, "test": 0.2},
+    "ids": {"train": "1-20", "val": "21-25", "test": "26-30"},
+    "folds": 3,
+    "fold": 0,
+}
 
 
 def test_parse_id_ranges():
@@ -54,8 +62,10 @@ def test_actor_kfold_has_no_actor_in_two_splits(fold):
 
 
 def test_actor_kfold_folds_partition_the_actors():
-    tests = [set(assign_splits(_clips(), {**CFG, "method": "actor_kfold", "fold": f}).query("split == 'test'")["actor"])
-             for f in range(3)]  # fmt: skip
+    tests = [
+        set(assign_splits(_clips(), {**CFG, "method": "actor_kfold", "fold": f}).query("split == 'test'")["actor"])
+        for f in range(3)
+    ]
     assert set.union(*tests) == {f"actor_{i}" for i in range(6)}
     assert sum(len(t) for t in tests) == 6
     assert set(actor_folds(_clips(), 3, 0).values()) == {0, 1, 2}

@@ -1,4 +1,4 @@
-"""The house style is checked, not hoped for: ruff on the code, snakefmt on the workflow, a README that stays a
+"""The house style is checked, not hoped for: ruff's linter and formatter on the code, snakefmt on the workflow, a README that stays a
 front door with links that resolve."""
 
 import re
@@ -12,6 +12,7 @@ from conftest import REPO, tool
     "cmd",
     [
         ["ruff", "check", "src", "tests", "workflow/scripts", "benchmarks"],
+        ["ruff", "format", "--check", "src", "tests", "workflow/scripts", "benchmarks"],
         ["snakefmt", "--check", "Snakefile", "workflow/rules"],
     ],
 )

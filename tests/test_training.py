@@ -14,11 +14,30 @@ from clipva.store import ClipFeatures
 from clipva.training import finetune, init_linear_from_ridge, pretrain, validation_ccc
 
 WINDOW = {"window": 12, "stride": 6}
-PRETRAIN = {"epochs": 2, "objectives": ["vision_language", "temporal"], "batch_size": 8, "lr": 1e-3,
-            "weight_decay": 0.01, "temperature": 0.1, "bins": 3, "feature_noise": 0.1, "frame_drop": 0.1,
-            "seed": 0}  # fmt: skip
-FINETUNE = {"epochs": 6, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup_epochs": 1, "loss": "mix",
-            "ccc_weight": 0.5, "patience": 20, "seed": 0, "linear_init": True}  # fmt: skip
+PRETRAIN = {
+    "epochs": 2,
+    "objectives": ["vision_language", "temporal"],
+    "batch_size": 8,
+    "lr": 1e-3,
+    "weight_decay": 0.01,
+    "temperature": 0.1,
+    "bins": 3,
+    "feature_noise": 0.1,
+    "frame_drop": 0.1,
+    "seed": 0,
+}
+FINETUNE = {
+    "epochs": 6,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "weight_decay": 0.01,
+    "warmup_epochs": 1,
+    "loss": "mix",
+    "ccc_weight": 0.5,
+    "patience": 20,
+    "seed": 0,
+    "linear_init": True,
+}
 
 
 def _clips(n, seed, dim=16):
@@ -90,8 +109,9 @@ def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data):
 def test_a_head_saved_before_smoothing_existed_loads_as_it_was(tmp_path):
     """Older checkpoints hold neither the encoder type, the smoothing nor the output in their config: they
     were tanh transformers, and must predict as such rather than take today's defaults."""
-    old = TemporalHead(HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, smoothing=False,
-                                  output="tanh"))  # fmt: skip
+    old = TemporalHead(
+        HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, smoothing=False, output="tanh")
+    )
     torch.nn.init.normal_(old.linear.weight, 0, 3.0)
     config = {k: v for k, v in asdict(old.cfg).items() if k not in ("type", "smoothing", "output")}
     state = {k: v for k, v in old.state_dict().items() if k != "log_sigma"}
@@ -199,8 +219,7 @@ def test_accumulator_steps_once_per_group_including_the_last_partial_one():
 def test_pretraining_with_accumulation_learns(data):
     text = np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32)
     cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, dropout=0.0)
-    _, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 8, "batch_size": 4, "accumulate": 2},
-                          text)  # fmt: skip
+    _, history = pretrain(data["train"], cfg, WINDOW, {**PRETRAIN, "epochs": 8, "batch_size": 4, "accumulate": 2}, text)
     assert history[-1]["loss"] < history[0]["loss"]
 
 

@@ -26,13 +26,39 @@ from clipva.tune import (
 )
 
 SETTINGS = {
-    "head": {"type": "transformer", "smoothing": True, "output": "linear", "d_model": 16, "depth": 1, "heads": 2,
-             "dropout": 0.0, "input_dropout": 0.0, "whitening_eps": 10.0, "embed_dim": 8, "window": 8, "stride": 4},
-    "finetune": {"epochs": 2, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1,
-                 "loss": "mix", "ccc_weight": 0.5, "patience": 5, "linear_init": True, "seed": 0},
-}  # fmt: skip
-SPACE = {"head.type": {"choices": ["transformer", "none"]}, "head.whitening_eps": {"low": 0.1, "high": 100.0,
-         "log": True}, "finetune.epochs": {"low": 1, "high": 3}}  # fmt: skip
+    "head": {
+        "type": "transformer",
+        "smoothing": True,
+        "output": "linear",
+        "d_model": 16,
+        "depth": 1,
+        "heads": 2,
+        "dropout": 0.0,
+        "input_dropout": 0.0,
+        "whitening_eps": 10.0,
+        "embed_dim": 8,
+        "window": 8,
+        "stride": 4,
+    },
+    "finetune": {
+        "epochs": 2,
+        "batch_size": 8,
+        "accumulate": 1,
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "warmup_epochs": 1,
+        "loss": "mix",
+        "ccc_weight": 0.5,
+        "patience": 5,
+        "linear_init": True,
+        "seed": 0,
+    },
+}
+SPACE = {
+    "head.type": {"choices": ["transformer", "none"]},
+    "head.whitening_eps": {"low": 0.1, "high": 100.0, "log": True},
+    "finetune.epochs": {"low": 1, "high": 3},
+}
 
 
 def _data(n_actors=4, per_actor=3, dim=6):
@@ -50,10 +76,12 @@ def _data(n_actors=4, per_actor=3, dim=6):
 
 def test_space_names_settings_of_the_head_or_finetuning():
     check_space(SPACE, SETTINGS)
-    for bad, match in (({"head.depht": {"low": 1, "high": 2}}, "head.depht"),
-                       ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "below high"),
-                       ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "log scale"),
-                       ({}, "empty")):  # fmt: skip
+    for bad, match in (
+        ({"head.depht": {"low": 1, "high": 2}}, "head.depht"),
+        ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "below high"),
+        ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "log scale"),
+        ({}, "empty"),
+    ):
         with pytest.raises(ClipvaError, match=match):
             check_space(bad, SETTINGS)
 
@@ -73,7 +101,7 @@ def test_tuning_folds_keep_the_test_split_out_and_actors_together():
     ids = pd.concat(folds)
     assert ids.is_unique and set(ids) == set(clips.loc[clips["split"] != "test", "clip_id"])
     actor = clips.set_index("clip_id")["actor"]
-    assert all(not set(actor[a]) & set(actor[b]) for i, a in enumerate(folds) for b in folds[i + 1:])
+    assert all(not set(actor[a]) & set(actor[b]) for i, a in enumerate(folds) for b in folds[i + 1 :])
     by_clip = tuning_folds(clips, 5)  # 4 actors: folds by clip
     assert len(by_clip) == 5 and pd.concat(by_clip).is_unique
 
@@ -105,8 +133,13 @@ def test_a_trial_left_running_by_a_dead_process_is_marked_failed(tmp_path):
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]  # a live process's trial is left alone
 
 
-TUNE = {"tune": {"trials": 3, "folds": 2, "space": {"head.input_dropout": {"low": 0.0, "high": 0.5},
-                                                    "finetune.loss": {"choices": ["mse", "ccc"]}}}}  # fmt: skip
+TUNE = {
+    "tune": {
+        "trials": 3,
+        "folds": 2,
+        "space": {"head.input_dropout": {"low": 0.0, "high": 0.5}, "finetune.loss": {"choices": ["mse", "ccc"]}},
+    }
+}
 
 
 @pytest.mark.e2e
@@ -122,8 +155,18 @@ def test_tune_killed_and_resumed_gives_a_usable_best_config(tmp_path):
         return any(t.state.name == "COMPLETE" for s in studies for t in s.trials)
 
     config = write_config(tmp_path, TUNE)
-    cmd = [SNAKEMAKE, "tune", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
-           "--configfile", str(config)]  # fmt: skip
+    cmd = [
+        SNAKEMAKE,
+        "tune",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+    ]
     kill_when(cmd, one_trial_done, "all")
     assert not (tmp_path / "results/tune/best.yaml").exists()
     run_snakemake(tmp_path, "--unlock", overrides=TUNE)
@@ -139,10 +182,26 @@ def test_tune_killed_and_resumed_gives_a_usable_best_config(tmp_path):
     for png in ("history.png", "importance.png"):
         assert (tmp_path / "results/tune" / png).stat().st_size > 1000
     # the best settings as a config file: a run trained with them
-    proc = subprocess.run([SNAKEMAKE, "results/runs/tuned/eval/metrics.json", "-s", str(REPO / "Snakefile"), "-d",
-                           str(tmp_path), "--cores", "2", "--configfile", str(config),
-                           str(tmp_path / "results/tune/best.yaml"), "--config", "run=tuned"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            SNAKEMAKE,
+            "results/runs/tuned/eval/metrics.json",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "--configfile",
+            str(config),
+            str(tmp_path / "results/tune/best.yaml"),
+            "--config",
+            "run=tuned",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = json.loads((tmp_path / "results/runs/tuned/eval/metrics.json").read_text())
     assert np.isfinite(resolved["pooled"]["mean_ccc"])

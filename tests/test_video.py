@@ -114,8 +114,11 @@ def test_list_videos(tmp_path, mp4):
     (tmp_path / "sub.avi").mkdir()
     assert [p.name for p in list_videos(tmp_path)] == ["a.MKV", "b.mp4", "c.webm"]
     assert list_videos(mp4) == [mp4]
-    for bad, message in [(tmp_path / "notes.txt", "not a video file"), (tmp_path / "nope", "no such video"),
-                         (tmp_path / "sub.avi", "folder has no video files")]:  # fmt: skip
+    for bad, message in [
+        (tmp_path / "notes.txt", "not a video file"),
+        (tmp_path / "nope", "no such video"),
+        (tmp_path / "sub.avi", "folder has no video files"),
+    ]:
         with pytest.raises(BadInputError) as err:
             list_videos(bad)
         assert str(err.value).startswith(str(bad)) and message in str(err.value)
@@ -129,8 +132,12 @@ def test_bad_video_files(tmp_path, mp4):
     audio = tmp_path / "audio.mkv"  # FFmpeg goes by content: a WAV file, whatever its name
     with wave.open(str(audio), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0" * 1600)
-    cases = {junk: "cannot read video", truncated: "cannot read video", audio: "file has no video stream",
-             tmp_path / "missing.mp4": "video file is missing"}  # fmt: skip
+    cases = {
+        junk: "cannot read video",
+        truncated: "cannot read video",
+        audio: "file has no video stream",
+        tmp_path / "missing.mp4": "video file is missing",
+    }
     for path, message in cases.items():
         for read in (probe, lambda p: list(decode(p)), lambda p: list(decode(p, 5))):
             with pytest.raises(BadInputError) as err:
@@ -219,11 +226,17 @@ def test_annotated_videos_to_afew_layout(clip, tmp_path):
     write_video(src / "b_interview.mkv", frames, FPS)
     write_video(src / "a_webcam.mp4", frames, FPS)
     # a_webcam: per-frame CSV in -10..10, converted at the native rate
-    pd.DataFrame([(i, e["valence"], e["arousal"]) for i, e in labels.items()],
-                 columns=["frame", "valence", "arousal"]).to_csv(src / "a_webcam.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        [(i, e["valence"], e["arousal"]) for i, e in labels.items()], columns=["frame", "valence", "arousal"]
+    ).to_csv(src / "a_webcam.csv", index=False)
     # b_interview: per-timestamp JSON in -1..1 (times a little off the frames), converted at 5 fps
-    doc = {"actor": "p7", "labels": [{"time": i / FPS + 0.01, "valence": e["valence"] / 10,
-                                      "arousal": e["arousal"] / 10} for i, e in labels.items()]}  # fmt: skip
+    doc = {
+        "actor": "p7",
+        "labels": [
+            {"time": i / FPS + 0.01, "valence": e["valence"] / 10, "arousal": e["arousal"] / 10}
+            for i, e in labels.items()
+        ],
+    }
     (src / "b_interview.json").write_text(json.dumps(doc))
     dst = tmp_path / "afew"
     convert_annotated_videos(src / "a_webcam.mp4", dst / "a")
@@ -257,8 +270,11 @@ def test_clip_ids_follow_file_names(clip, tmp_path):
         write_video(tmp_path / name, frames, FPS)
         (tmp_path / name).with_suffix(".csv").write_text("time,valence,arousal\n0.0,1,-2\n0.1,3,4\n")
     mapping = convert_annotated_videos(tmp_path, tmp_path / "out")
-    assert mapping[["clip_id", "video"]].values.tolist() == [["001", "alpha.avi"], ["002", "mid.mp4"],
-                                                             ["003", "zeta.webm"]]  # fmt: skip
+    assert mapping[["clip_id", "video"]].values.tolist() == [
+        ["001", "alpha.avi"],
+        ["002", "mid.mp4"],
+        ["003", "zeta.webm"],
+    ]
     assert pd.read_csv(tmp_path / "out" / "videos.csv", dtype={"clip_id": str}).equals(mapping)
     table, _ = index_dataset(tmp_path / "out")
     assert table.groupby("clip_id")["labeled"].sum().tolist() == [2, 2, 2]

@@ -72,20 +72,35 @@ CONFIG = "resolved_config"  # results/config.yaml, the configuration in the repo
     [
         ({"finetune": {"lr": 0.002}}, {"finetune", "evaluate", "plots", "submission", "all"}),
         ({"pretrain": {"temperature": 0.2}}, {"pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
-        ({"pretrain": {"bins": 4}},
-         {"text_embeddings", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
+        (
+            {"pretrain": {"bins": 4}},
+            {"text_embeddings", "pretrain", "finetune", "evaluate", "plots", "submission", "all"},
+        ),
         ({"split": {"seed": 3}}, {"split", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
         ({"evaluate": {"n_timeseries_clips": 1}}, {"plots", "submission", "all"}),
         ({"features": {"workers": 3}}, {"all"}),  # how many decode, not what: nothing reruns
-        ({"face_crop": {"margin": 0.3}},
-         {"extract_features", "merge_features", "pretrain", "finetune", "evaluate", "plots", "submission", "all"}),
-        ({"clip": {"model": "clipva-tiny", "precision": "bf16"}},
-         {"extract_features", "merge_features", "text_embeddings", "pretrain", "finetune", "evaluate", "plots",
-          "submission", "all"}),
+        (
+            {"face_crop": {"margin": 0.3}},
+            {"extract_features", "merge_features", "pretrain", "finetune", "evaluate", "plots", "submission", "all"},
+        ),
+        (
+            {"clip": {"model": "clipva-tiny", "precision": "bf16"}},
+            {
+                "extract_features",
+                "merge_features",
+                "text_embeddings",
+                "pretrain",
+                "finetune",
+                "evaluate",
+                "plots",
+                "submission",
+                "all",
+            },
+        ),
         # a variant that is neither the submitted run nor compared: nothing of the main run reruns
         ({"runs": {"other": {"finetune": {"epochs": 2}}}}, {"all"}),
     ],
-)  # fmt: skip
+)
 def test_an_edit_reruns_exactly_what_depends_on_it(finished, override, expected):
     assert _planned(run_snakemake(finished, "-n", overrides=override)) == expected | {CONFIG}
 
@@ -153,8 +168,13 @@ def test_dag_inspection_and_lint(finished):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-LORA = {"run": "lora", "training": {"backbone": "lora"}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 2},
-        "lora": {"num_workers": 0, "merge": True}}  # fmt: skip
+LORA = {
+    "run": "lora",
+    "training": {"backbone": "lora"},
+    "pretrain": {"epochs": 1},
+    "finetune": {"epochs": 2},
+    "lora": {"num_workers": 0, "merge": True},
+}
 
 
 def test_lora_run_lives_beside_the_frozen_run(finished):
@@ -164,8 +184,10 @@ def test_lora_run_lives_beside_the_frozen_run(finished):
     run_snakemake(finished, overrides=LORA)
     run = finished / "results/runs/lora"
     for stage in ("pretrain", "finetune"):
-        assert {p.name for p in (run / stage / "adapter").iterdir()} >= {"adapter_config.json",
-                                                                         "adapter_model.safetensors"}
+        assert {p.name for p in (run / stage / "adapter").iterdir()} >= {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
     assert (run / "finetune/adapter/merged_open_clip.pt").exists()
     metrics = json.loads((run / "eval/metrics.json").read_text())
     assert metrics["backbone"] == "lora"
@@ -244,8 +266,14 @@ def _planned_jobs(proc) -> dict[str, list[str]]:
 def test_gpu_rules_ask_for_a_gpu_and_the_cores_that_feed_it(tmp_path):
     """Extraction and a LoRA run's training and evaluation hold the GPU and every core Snakemake may use (their
     decoding workers follow the threads); a frozen run's head trains and evaluates on 2 CPUs, with no GPU."""
-    proc = run_snakemake(tmp_path, "-n", "all", "results/runs/lora/eval/metrics.json", cores=8,
-                         overrides={"runs": {"lora": {"training": {"backbone": "lora"}}}})  # fmt: skip
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "all",
+        "results/runs/lora/eval/metrics.json",
+        cores=8,
+        overrides={"runs": {"lora": {"training": {"backbone": "lora"}}}},
+    )
     jobs = _planned_jobs(proc)
     for rule in ("extract_features", "pretrain", "finetune", "evaluate"):
         for block in jobs[rule]:

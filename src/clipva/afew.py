@@ -35,8 +35,19 @@ LANDMARK_TOLERANCE = 0.05
 
 # The face box of a frame in frames.csv (pixels: left, top, right, bottom), from its landmarks
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
-FRAME_COLUMNS = ["clip_id", "actor", "frame", "path", "width", "height", "labeled", "valence", "arousal",
-                 *BOX_COLUMNS, "box_source"]  # fmt: skip
+FRAME_COLUMNS = [
+    "clip_id",
+    "actor",
+    "frame",
+    "path",
+    "width",
+    "height",
+    "labeled",
+    "valence",
+    "arousal",
+    *BOX_COLUMNS,
+    "box_source",
+]
 
 
 @dataclass(frozen=True)
@@ -203,8 +214,17 @@ def scan_clip(folder: Path, root: Path | None = None) -> tuple[pd.DataFrame, lis
         except Exception as err:  # PIL raises many types for broken files
             problems.append(Problem(str(path), f"unreadable PNG ({type(err).__name__}: {err})", name))
             continue
-        row = dict(clip_id=clip_id, actor=actor, frame=index, path=str(path.resolve()), width=width,
-                   height=height, labeled=False, valence=np.nan, arousal=np.nan)  # fmt: skip
+        row = dict(
+            clip_id=clip_id,
+            actor=actor,
+            frame=index,
+            path=str(path.resolve()),
+            width=width,
+            height=height,
+            labeled=False,
+            valence=np.nan,
+            arousal=np.nan,
+        )
         box = (np.nan,) * 4
         entry = labels.get(index)
         if entry is None:
@@ -310,8 +330,14 @@ def write_frame(folder: Path, index: int, image: Image.Image) -> Path:
     return path
 
 
-def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image] | Mapping[int, Image.Image],
-               annotations: Mapping[int, dict], actor: str, video_id: str | None = None) -> Path:
+def write_afew_clip(
+    root: str | Path,
+    clip_id: int,
+    frames: Sequence[Image.Image] | Mapping[int, Image.Image],
+    annotations: Mapping[int, dict],
+    actor: str,
+    video_id: str | None = None,
+) -> Path:
     """Write one clip folder ``root/{clip:03d}``: frames as %05d.png, annotations as ``{clip:03d}.json``.
 
     `frames` is a sequence (frame i -> i) or a mapping frame index -> image (to leave gaps); `annotations`
@@ -321,8 +347,11 @@ def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in frames.items() if isinstance(frames, Mapping) else enumerate(frames):
         write_frame(folder, i, img)
-    doc = {"actor": actor, "frames": {f"{i:05d}": ann for i, ann in sorted(annotations.items())},
-           "video_id": video_id if video_id is not None else f"{clip_id:03d}"}
+    doc = {
+        "actor": actor,
+        "frames": {f"{i:05d}": ann for i, ann in sorted(annotations.items())},
+        "video_id": video_id if video_id is not None else f"{clip_id:03d}",
+    }
     # json.dumps (C encoder) writes the same bytes as json.dump(doc, f, indent=None, sort_keys=True), faster
     (folder / f"{clip_id:03d}.json").write_text(json.dumps(doc, indent=None, sort_keys=True))
     return folder
@@ -330,5 +359,9 @@ def write_afew_clip(root: str | Path, clip_id: int, frames: Sequence[Image.Image
 
 def read_frames(path: str | Path) -> pd.DataFrame:
     """The frames table written by the index rule (clip ids kept as strings like '001')."""
-    return pd.read_csv(path, dtype={"clip_id": str, "actor": str, "path": str, "box_source": str},
-                       keep_default_na=False, na_values=[""])  # fmt: skip
+    return pd.read_csv(
+        path,
+        dtype={"clip_id": str, "actor": str, "path": str, "box_source": str},
+        keep_default_na=False,
+        na_values=[""],
+    )

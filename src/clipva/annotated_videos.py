@@ -170,8 +170,10 @@ def read_labels(path: str | Path, scale: float = 10.0) -> tuple[pd.DataFrame, st
         outside = out[column].abs() > scale + _EPS
         if outside.any():
             i = int(np.flatnonzero(outside.to_numpy())[0])
-            raise BadInputError(f"{path} ({where(i)}): {column} {out[column].iloc[i]} is outside "
-                                f"-{scale:g}..{scale:g} (scale {scale:g})")  # fmt: skip
+            raise BadInputError(
+                f"{path} ({where(i)}): {column} {out[column].iloc[i]} is outside "
+                f"-{scale:g}..{scale:g} (scale {scale:g})"
+            )
         out[column] = (out[column] * (10.0 / scale)).clip(-10, 10).round(4)
     if "actor" in table.columns:
         actors = table["actor"].dropna().astype(str).unique()
@@ -181,8 +183,9 @@ def read_labels(path: str | Path, scale: float = 10.0) -> tuple[pd.DataFrame, st
     return out.sort_values(key).reset_index(drop=True), actor
 
 
-def match_labels(labels: pd.DataFrame, times: np.ndarray, fps: float | None, video_fps: float,
-                 tolerance: float | None = None) -> np.ndarray:  # fmt: skip
+def match_labels(
+    labels: pd.DataFrame, times: np.ndarray, fps: float | None, video_fps: float, tolerance: float | None = None
+) -> np.ndarray:
     """(valence, arousal) for each decoded frame (times in s; NaN where no label), as the module doc says."""
     times = np.asarray(times, dtype=np.float64)
     out = np.full((len(times), 2), np.nan)
@@ -197,8 +200,11 @@ def match_labels(labels: pd.DataFrame, times: np.ndarray, fps: float | None, vid
         out[has] = va[rows[has].astype(int)]
         return out
     if tolerance is None:  # half the interval between decoded frames
-        tolerance = 0.5 / fps if fps is not None else 0.5 * (float(np.median(np.diff(times))) if len(times) > 1
-                                                              else 1.0 / video_fps)  # fmt: skip
+        tolerance = (
+            0.5 / fps
+            if fps is not None
+            else 0.5 * (float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / video_fps)
+        )
     label_times = labels["time"].to_numpy(np.float64)
     right = np.clip(np.searchsorted(label_times, times), 1, len(label_times) - 1) if len(label_times) > 1 else None
     if right is None:
@@ -227,9 +233,18 @@ def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, f
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def convert_video(video: str | Path, labels_path: str | Path, dst: str | Path, clip_id: int, fps: float | None = None,
-                  scale: float = 10.0, tolerance: float | None = None, detector: FaceDetector | None = None,
-                  window: int = 5, fill: str = "interpolate") -> tuple[dict, pd.DataFrame]:  # fmt: skip
+def convert_video(
+    video: str | Path,
+    labels_path: str | Path,
+    dst: str | Path,
+    clip_id: int,
+    fps: float | None = None,
+    scale: float = 10.0,
+    tolerance: float | None = None,
+    detector: FaceDetector | None = None,
+    window: int = 5,
+    fill: str = "interpolate",
+) -> tuple[dict, pd.DataFrame]:
     """One video -> clip folder ``dst/{clip_id:03d}``; returns its videos.csv row and its faces.csv rows."""
     video, labels_path, dst = Path(video), Path(labels_path), Path(dst)
     detector = detector or FaceDetector()
@@ -262,16 +277,31 @@ def convert_video(video: str | Path, labels_path: str | Path, dst: str | Path, c
     faces.insert(0, "clip_id", name)
     faces.insert(2, "time", np.round(times, 6))
     faces["labeled"] = faces["frame"].isin(list(annotations))
-    row = {"clip_id": name, "video": video.name, "labels": labels_path.name, "actor": actor,
-           "fps": fps if fps is not None else info.fps, "n_frames": len(times), "n_labels": len(labels),
-           "n_labeled_frames": len(annotations), "n_labels_without_face": no_face,
-           "n_face_found": int(faces["face_found"].sum())}  # fmt: skip
+    row = {
+        "clip_id": name,
+        "video": video.name,
+        "labels": labels_path.name,
+        "actor": actor,
+        "fps": fps if fps is not None else info.fps,
+        "n_frames": len(times),
+        "n_labels": len(labels),
+        "n_labeled_frames": len(annotations),
+        "n_labels_without_face": no_face,
+        "n_face_found": int(faces["face_found"].sum()),
+    }
     return row, faces
 
 
-def convert_annotated_videos(src: str | Path, dst: str | Path, fps: float | None = None, scale: float = 10.0,
-                             tolerance: float | None = None, detector: FaceDetector | None = None, window: int = 5,
-                             fill: str = "interpolate") -> pd.DataFrame:  # fmt: skip
+def convert_annotated_videos(
+    src: str | Path,
+    dst: str | Path,
+    fps: float | None = None,
+    scale: float = 10.0,
+    tolerance: float | None = None,
+    detector: FaceDetector | None = None,
+    window: int = 5,
+    fill: str = "interpolate",
+) -> pd.DataFrame:
     """Convert every video in `src` (a folder, or one video file) with its label file into AFEW-VA under `dst`.
 
     All label files are checked before any video is decoded. Returns the videos.csv table (also written).

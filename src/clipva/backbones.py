@@ -42,8 +42,9 @@ class CachedFeatures:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler("cpu", enabled=False)
 
-    def epoch_batches(self, clips: list[ClipFeatures], batches: list[list], epoch: int,
-                      device: torch.device) -> Iterator[dict]:  # fmt: skip
+    def epoch_batches(
+        self, clips: list[ClipFeatures], batches: list[list], epoch: int, device: torch.device
+    ) -> Iterator[dict]:
         for windows in batches:
             yield _to(collate(clips, windows), device)
 
@@ -68,8 +69,10 @@ def activation_bytes_per_frame(visual: torch.nn.Module, checkpointing: bool) -> 
     input plus one block's activations."""
     tower = getattr(visual, "get_base_model", lambda: visual)()
     if not hasattr(tower, "grid_size") or not hasattr(tower, "transformer"):
-        raise ConfigError(f"lora.max_frames_per_step: auto knows the memory of ViT image towers only, not "
-                          f"{type(tower).__name__}; set a number of frames")  # fmt: skip
+        raise ConfigError(
+            f"lora.max_frames_per_step: auto knows the memory of ViT image towers only, not "
+            f"{type(tower).__name__}; set a number of frames"
+        )
     grid = tower.grid_size
     tokens, width, layers = grid[0] * grid[1] + 1, tower.transformer.width, tower.transformer.layers
     return tokens * width * (4 * layers + 24 if checkpointing else 24 * layers)
@@ -123,16 +126,23 @@ class AdaptedFrames:
         if mode:
             self._cache.clear()  # the adapters are about to change
 
-    def _loader(self, windows: list[tuple[str, np.ndarray]], batches: list[list[int]], augment: dict | None,
-                seed: int) -> DataLoader:  # fmt: skip
+    def _loader(
+        self, windows: list[tuple[str, np.ndarray]], batches: list[list[int]], augment: dict | None, seed: int
+    ) -> DataLoader:
         """Yields, per list of window indices in `batches`, the windows' preprocessed frames concatenated."""
         dataset = FrameWindows(self.frames, windows, self.preprocess, self.face_crop, augment, seed)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=_concat_frames, num_workers=self.workers,
-                          pin_memory=self.device.type == "cuda" and torch.cuda.is_available(),
-                          prefetch_factor=2 if self.workers else None)  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=_concat_frames,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda" and torch.cuda.is_available(),
+            prefetch_factor=2 if self.workers else None,
+        )
 
-    def epoch_batches(self, clips: list[ClipFeatures], batches: list[list], epoch: int,
-                      device: torch.device) -> Iterator[dict]:  # fmt: skip
+    def epoch_batches(
+        self, clips: list[ClipFeatures], batches: list[list], epoch: int, device: torch.device
+    ) -> Iterator[dict]:
         """The windows of each batch go through the tower as one stack of their real frames (padding is
         added after); each batch's frames are decoded by the workers while the previous batch trains."""
         flat = [(clips[i].clip_id, clips[i].frame_index[a:b]) for windows in batches for i, a, b in windows]
@@ -184,8 +194,14 @@ class AdaptedFrames:
         self._cache.clear()
 
 
-def lora_backbone(clip_settings: dict, lora: dict, face_crop: dict, frames_csv: str, adapter_dir: str | None = None,
-                  trainable: bool = True) -> AdaptedFrames:  # fmt: skip
+def lora_backbone(
+    clip_settings: dict,
+    lora: dict,
+    face_crop: dict,
+    frames_csv: str,
+    adapter_dir: str | None = None,
+    trainable: bool = True,
+) -> AdaptedFrames:
     """CLIP (the config's ``clip`` section) with LoRA adapters (``lora``) over the frames of `frames_csv`
     cropped by ``face_crop``: new adapters, or those of `adapter_dir` (trained further, or frozen for
     inference)."""

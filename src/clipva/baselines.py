@@ -23,8 +23,9 @@ RIDGE_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 SMOOTHING_WINDOWS = (1, 3, 5, 9, 15, 25, 41, 65)  # frames; 1 is no smoothing
 
 
-def ridge_solutions(z: torch.Tensor, y: torch.Tensor,
-                    alphas: tuple[float, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def ridge_solutions(
+    z: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Closed-form ridge regressions of y (N, K) on z (N, D), one per alpha: [(weights (D, K), intercept (K,))],
     penalty alpha * N * |w|^2 on centred data. Computed in float64 on z's device."""
     z = z.double()
@@ -90,20 +91,31 @@ class RidgeProbe:
         return [np.clip((c.features - self.mu) / self.sd @ w + b, -1, 1) for c in clips]
 
 
-def ridge_baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[ClipFeatures],
-                    alphas: tuple[float, ...] = RIDGE_ALPHAS,
-                    windows: tuple[int, ...] = SMOOTHING_WINDOWS) -> dict[str, dict]:  # fmt: skip
+def ridge_baselines(
+    train: list[ClipFeatures],
+    val: list[ClipFeatures],
+    test: list[ClipFeatures],
+    alphas: tuple[float, ...] = RIDGE_ALPHAS,
+    windows: tuple[int, ...] = SMOOTHING_WINDOWS,
+) -> dict[str, dict]:
     """The ridge probe and the smoothed ridge probe: chosen settings, validation and pooled test metrics."""
     probe = RidgeProbe(train, alphas)
     val_pred = {a: probe.predict(a, val) for a in alphas}
-    scores = {(a, k): va_metrics(*_pooled(val, [moving_average(p, k) for p in val_pred[a]]))["mean_ccc"]
-              for a in alphas for k in windows}  # fmt: skip
+    scores = {
+        (a, k): va_metrics(*_pooled(val, [moving_average(p, k) for p in val_pred[a]]))["mean_ccc"]
+        for a in alphas
+        for k in windows
+    }
     out = {}
     for name, choices in (("ridge_probe", [(a, 1) for a in alphas]), ("smoothed_ridge_probe", list(scores))):
         alpha, window = _best({key: scores[key] for key in choices})
         pred = [moving_average(p, window) for p in probe.predict(alpha, test)]
-        out[name] = {"alpha": alpha, "window": window, "val_mean_ccc": scores[(alpha, window)],
-                     "test": va_metrics(*_pooled(test, pred))}  # fmt: skip
+        out[name] = {
+            "alpha": alpha,
+            "window": window,
+            "val_mean_ccc": scores[(alpha, window)],
+            "test": va_metrics(*_pooled(test, pred)),
+        }
         out[name]["test_predictions"] = pred
     return out
 

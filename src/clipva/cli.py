@@ -45,15 +45,20 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipva", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="clipva", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("predict", help="valence/arousal curves of video files")
     p.add_argument("videos", nargs="+", help="video files (mp4, avi, mkv, webm) or folders of them")
     p.add_argument("--model", required=True, help="a run name (results/runs/RUN/model) or a model folder")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second decoded (default 10; 0: the video's own)")
-    p.add_argument("--no-face", choices=("interpolate", "empty"), default="interpolate",
-                   help="values of frames without a face: predicted from the interpolated box, or left empty")
+    p.add_argument(
+        "--no-face",
+        choices=("interpolate", "empty"),
+        default="interpolate",
+        help="values of frames without a face: predicted from the interpolated box, or left empty",
+    )
     p.add_argument("--out", type=Path, default=Path("results/predict"), help="output folder (default results/predict)")
     args = parser.parse_args(argv)
     args.fps = args.fps or None

@@ -55,15 +55,30 @@ def _make_actor(seed: int, index: int) -> _Actor:
     hair = _HAIR[rng.integers(len(_HAIR))] + rng.normal(0, 8, 3)
     lip = skin * np.array([0.82, 0.52, 0.52])
     return _Actor(
-        half_width=rng.uniform(0.66, 0.84), jaw_top=rng.uniform(-0.25, -0.08),
-        eye_x=rng.uniform(0.27, 0.36), eye_y=rng.uniform(-0.31, -0.22), eye_half_width=rng.uniform(0.11, 0.14),
-        mouth_y=rng.uniform(0.50, 0.58), mouth_half_width=rng.uniform(0.24, 0.30),
+        half_width=rng.uniform(0.66, 0.84),
+        jaw_top=rng.uniform(-0.25, -0.08),
+        eye_x=rng.uniform(0.27, 0.36),
+        eye_y=rng.uniform(-0.31, -0.22),
+        eye_half_width=rng.uniform(0.11, 0.14),
+        mouth_y=rng.uniform(0.50, 0.58),
+        mouth_half_width=rng.uniform(0.24, 0.30),
         hairline=rng.uniform(0.6, 0.8),
-        colours={"skin": _rgb(skin), "hair": _rgb(hair), "brow": _rgb(np.minimum(hair, skin) * 0.55),
-                 "lip": _rgb(lip), "iris": _rgb(_IRIS[rng.integers(len(_IRIS))]), "neck": _rgb(skin * 0.85),
-                 "contour": _rgb(skin * 0.7), "nose": _rgb(skin * 0.75), "nostril": _rgb(skin * 0.6),
-                 "lid": _rgb(skin * 0.55), "lip_line": _rgb(lip * 0.6), "sclera": (238, 236, 230),
-                 "lash": (30, 22, 20), "mouth": (70, 22, 28)},
+        colours={
+            "skin": _rgb(skin),
+            "hair": _rgb(hair),
+            "brow": _rgb(np.minimum(hair, skin) * 0.55),
+            "lip": _rgb(lip),
+            "iris": _rgb(_IRIS[rng.integers(len(_IRIS))]),
+            "neck": _rgb(skin * 0.85),
+            "contour": _rgb(skin * 0.7),
+            "nose": _rgb(skin * 0.75),
+            "nostril": _rgb(skin * 0.6),
+            "lid": _rgb(skin * 0.55),
+            "lip_line": _rgb(lip * 0.6),
+            "sclera": (238, 236, 230),
+            "lash": (30, 22, 20),
+            "mouth": (70, 22, 28),
+        },
     )
 
 
@@ -92,8 +107,19 @@ def _face_landmarks(actor: _Actor, valence: np.ndarray, arousal: np.ndarray) -> 
     eye_y = ey + np.array([0, -1, -1, 0, 0, 0]) * upper + np.array([0, 0, 0, 0, 1, 1]) * lower
     eyes = np.concatenate([_points(eye_x - ex, eye_y), _points(eye_x + ex, eye_y)], 1)
 
-    nose = np.array([[0, ey], [0, ey + (0.22 - ey) / 3], [0, ey + 2 * (0.22 - ey) / 3], [0, 0.22],
-                     [-0.11, 0.26], [-0.055, 0.29], [0, 0.30], [0.055, 0.29], [0.11, 0.26]])
+    nose = np.array(
+        [
+            [0, ey],
+            [0, ey + (0.22 - ey) / 3],
+            [0, ey + 2 * (0.22 - ey) / 3],
+            [0, 0.22],
+            [-0.11, 0.26],
+            [-0.055, 0.29],
+            [0, 0.30],
+            [0.055, 0.29],
+            [0.11, 0.26],
+        ]
+    )
     nose = np.broadcast_to(nose, (len(v), 9, 2))
 
     mw = actor.mouth_half_width * (1.0 + 0.12 * v)
@@ -104,8 +130,12 @@ def _face_landmarks(actor: _Actor, valence: np.ndarray, arousal: np.ndarray) -> 
         gap = opening / 2 * np.sqrt(np.clip(1 - (f / 0.85) ** 2, 0, 1))
         return _points(mw * f, actor.mouth_y + corner * f**2 + side * (gap + thickness * np.sqrt(1 - f**2)))
 
-    mouth = [lip_line([-1, -0.6, -0.25, 0, 0.25, 0.6, 1], -1, 0.05), lip_line([0.6, 0.25, 0, -0.25, -0.6], 1, 0.065),
-             lip_line([-0.85, -0.4, 0, 0.4, 0.85], -1, 0.0), lip_line([0.4, 0, -0.4], 1, 0.0)]
+    mouth = [
+        lip_line([-1, -0.6, -0.25, 0, 0.25, 0.6, 1], -1, 0.05),
+        lip_line([0.6, 0.25, 0, -0.25, -0.6], 1, 0.065),
+        lip_line([-0.85, -0.4, 0, 0.4, 0.85], -1, 0.0),
+        lip_line([0.4, 0, -0.4], 1, 0.0),
+    ]
     return np.concatenate([jaw, brows, nose, eyes, *mouth], 1)
 
 
@@ -117,13 +147,22 @@ def _head_outlines(actor: _Actor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     phi_out = np.linspace(-0.15, np.pi + 0.15, 24)
     outer = np.stack([1.07 * hw * np.cos(phi_out), y0 - 1.07 * (1 + y0) * np.sin(phi_out)], 1)
     line = np.stack([hw * np.cos(phi[::-1]), y0 - 0.05 - actor.hairline * (1 + y0) * np.sin(phi[::-1])], 1)
-    body = np.array([[-0.3 * hw, 0.6], [0.3 * hw, 0.6], [0.35 * hw, 1.15], [1.9 * hw, 1.5], [2.2 * hw, 4.0],
-                     [-2.2 * hw, 4.0], [-1.9 * hw, 1.5], [-0.35 * hw, 1.15]])
+    body = np.array(
+        [
+            [-0.3 * hw, 0.6],
+            [0.3 * hw, 0.6],
+            [0.35 * hw, 1.15],
+            [1.9 * hw, 1.5],
+            [2.2 * hw, 4.0],
+            [-2.2 * hw, 4.0],
+            [-1.9 * hw, 1.5],
+            [-0.35 * hw, 1.15],
+        ]
+    )
     return forehead, np.concatenate([outer, line]), body
 
 
-def _wave(rng: np.random.Generator, n: int, amplitude: float, periods: tuple[float, float],
-          k: int = 2) -> np.ndarray:
+def _wave(rng: np.random.Generator, n: int, amplitude: float, periods: tuple[float, float], k: int = 2) -> np.ndarray:
     """Sum of k slow sinusoids with random periods and phases, overall amplitude ~ `amplitude`."""
     t = np.arange(n)[:, None]
     w = rng.dirichlet(np.ones(k))
@@ -188,8 +227,14 @@ def _flat(pts: np.ndarray) -> list[float]:
     return pts.ravel().tolist()
 
 
-def _draw_face(img: Image.Image, lm: np.ndarray, outlines: Sequence[np.ndarray], scale: float,
-               actor: _Actor, shirt: tuple[int, int, int]) -> None:
+def _draw_face(
+    img: Image.Image,
+    lm: np.ndarray,
+    outlines: Sequence[np.ndarray],
+    scale: float,
+    actor: _Actor,
+    shirt: tuple[int, int, int],
+) -> None:
     """Draw one face (pixel landmarks `lm`, pixel outline polygons) onto `img` in place."""
     forehead, hair, body = outlines
     col, d = actor.colours, ImageDraw.Draw(img)
@@ -213,8 +258,9 @@ def _draw_face(img: Image.Image, lm: np.ndarray, outlines: Sequence[np.ndarray],
     d.polygon(_flat(lm[60:68]), fill=col["mouth"], outline=col["lip_line"])
 
 
-def _render_clip(seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], min_frames: int,
-                 max_frames: int, dynamics: Dynamics) -> tuple[list[Image.Image], dict[int, dict]]:
+def _render_clip(
+    seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], min_frames: int, max_frames: int, dynamics: Dynamics
+) -> tuple[list[Image.Image], dict[int, dict]]:
     """Frames and annotations of one clip; depends only on its arguments."""
     rng = np.random.default_rng((seed, _STREAM_CLIP, clip_id))
     width, height = size
@@ -251,14 +297,21 @@ def _render_clip(seed: int, clip_id: int, actor: _Actor, size: tuple[int, int], 
         tint = (means.mean() - _LUMA @ means - _LUMA @ cast) / (_LUMA @ _TINT) * _TINT
         offset = np.round(exposure[t] - means.mean() + cast + tint).astype(int)
         frames.append(img.point(np.clip(np.arange(256) + offset[:, None], 0, 255).ravel().tolist()))
-        annotations[t] = {"valence": int(valence[t]), "arousal": int(arousal[t]),
-                          "landmarks": np.round(lm, 2).tolist()}
+        annotations[t] = {"valence": int(valence[t]), "arousal": int(arousal[t]), "landmarks": np.round(lm, 2).tolist()}
     return frames, annotations
 
 
-def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames: int = 20, max_frames: int = 50,
-              frame_sizes: Sequence[tuple[int, int]] = ((160, 128), (192, 144)), unlabeled_clips: int = 1,
-              seed: int = 0, dynamics: Dynamics | Mapping | None = None) -> dict:
+def make_demo(
+    root: str | Path,
+    n_clips: int = 60,
+    n_actors: int = 6,
+    min_frames: int = 20,
+    max_frames: int = 50,
+    frame_sizes: Sequence[tuple[int, int]] = ((160, 128), (192, 144)),
+    unlabeled_clips: int = 1,
+    seed: int = 0,
+    dynamics: Dynamics | Mapping | None = None,
+) -> dict:
     """Write a synthetic AFEW-VA-style data set under `root`; same arguments give byte-identical files.
 
     `frame_sizes` are (width, height); `dynamics` (a Dynamics or its fields) sets how labels move. Injected
@@ -285,12 +338,13 @@ def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames
     quirks, n_frames, n_labelled_frames = [], 0, 0
     for k in range(n_clips):
         clip_id = k + 1
-        frames, annotations = _render_clip(seed, clip_id, actors[actor_of[k]], tuple(frame_sizes[size_of[k]]),
-                                           min_frames, max_frames, dynamics)
+        frames, annotations = _render_clip(
+            seed, clip_id, actors[actor_of[k]], tuple(frame_sizes[size_of[k]]), min_frames, max_frames, dynamics
+        )
         name = f"{clip_id:03d}"
         if clip_id > n_labelled:
             annotations = {}
-            quirks.append(f"clip {name}: unlabeled, all {len(frames)} frames present, \"frames\": {{}}")
+            quirks.append(f'clip {name}: unlabeled, all {len(frames)} frames present, "frames": {{}}')
         if clip_id == no_annotation_clip:
             i = len(frames) // 2
             del annotations[i]
@@ -302,8 +356,14 @@ def make_demo(root: str | Path, n_clips: int = 60, n_actors: int = 6, min_frames
         write_afew_clip(root, clip_id, frames, annotations, f"actor_{actor_of[k] + 1:02d}")
         n_frames += len(frames)
         n_labelled_frames += len(annotations.keys() & set(range(len(frames))))
-    return {"root": str(root), "n_clips": n_clips, "n_frames": n_frames, "n_labelled_frames": n_labelled_frames,
-            "n_actors": n_actors, "quirks": quirks}
+    return {
+        "root": str(root),
+        "n_clips": n_clips,
+        "n_frames": n_frames,
+        "n_labelled_frames": n_labelled_frames,
+        "n_actors": n_actors,
+        "quirks": quirks,
+    }
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         log.warning("clip.precision: fp16 does not run on the CPU; using fp32 (set bf16 or auto to choose)")
         return "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        log.warning("clip.precision: bf16 on a CPU without AMX or AVX512-BF16 is emulated and several times "
-                    "slower than fp32 (auto picks fp32)")  # fmt: skip
+        log.warning(
+            "clip.precision: bf16 on a CPU without AMX or AVX512-BF16 is emulated and several times "
+            "slower than fp32 (auto picks fp32)"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":

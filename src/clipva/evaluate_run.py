@@ -16,8 +16,9 @@ from clipva.evaluation import baselines, metrics_on_test_split
 from clipva.sequences import load_splits, predictions_table
 
 
-def evaluate_run(features: str, clips: str, head_path: str, backbone: dict, frames: str | None = None,
-                 adapter: str | None = None) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+def evaluate_run(
+    features: str, clips: str, head_path: str, backbone: dict, frames: str | None = None, adapter: str | None = None
+) -> tuple[pd.DataFrame, dict]:
     """(predictions of the test and unlabeled clips, metrics.json's content) of a fine-tuned head.
 
     `backbone` is the run's backbone settings ({"backbone": "frozen"} or, for LoRA, with its lora, clip and
@@ -36,8 +37,11 @@ def evaluate_run(features: str, clips: str, head_path: str, backbone: dict, fram
         for split in ("test", "unlabeled"):
             encoded = tower.features_of(data[split])
             predicted[split] = [dataclasses.replace(c, features=f) for c, f in zip(data[split], encoded, strict=True)]
-    tables = [predictions_table(head, predicted[s], s, window["window"], window["stride"])
-              for s in ("test", "unlabeled") if predicted[s]]  # fmt: skip
+    tables = [
+        predictions_table(head, predicted[s], s, window["window"], window["stride"])
+        for s in ("test", "unlabeled")
+        if predicted[s]
+    ]
     predictions = pd.concat(tables, ignore_index=True)
     metrics = metrics_on_test_split(predictions)
     metrics["baselines"] = baselines(data["train"], data["val"], data["test"])

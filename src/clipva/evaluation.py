@@ -20,8 +20,12 @@ def metrics_on_test_split(predictions: pd.DataFrame) -> dict:
     test = split[split["valence"].notna()]
     pred = test[PRED].to_numpy() / VA_SCALE
     true = test[TRUE].to_numpy() / VA_SCALE
-    moved = smoothness(split[PRED].to_numpy(dtype=float) / VA_SCALE, split[TRUE].to_numpy(dtype=float) / VA_SCALE,
-                       split["clip_id"].to_numpy(), split["frame"].to_numpy())  # fmt: skip
+    moved = smoothness(
+        split[PRED].to_numpy(dtype=float) / VA_SCALE,
+        split[TRUE].to_numpy(dtype=float) / VA_SCALE,
+        split["clip_id"].to_numpy(),
+        split["frame"].to_numpy(),
+    )
     return {**evaluate_predictions(pred, true, test["clip_id"].to_numpy()), "smoothness": moved}
 
 
@@ -30,8 +34,10 @@ def smoothness(pred: np.ndarray, true: np.ndarray, clip_ids: np.ndarray, frames:
     change between consecutive frames of a clip (-1..1 scale; rows sorted by clip, then frame), and
     predictions / labels."""
     moved, labels = mean_abs_change(pred, clip_ids, frames), mean_abs_change(true, clip_ids, frames)
-    return {dim: {"predictions": p, "labels": t, "ratio": p / t if t > 0 else float("nan")}
-            for dim, p, t in zip(DIMENSIONS, moved, labels, strict=True)}  # fmt: skip
+    return {
+        dim: {"predictions": p, "labels": t, "ratio": p / t if t > 0 else float("nan")}
+        for dim, p, t in zip(DIMENSIONS, moved, labels, strict=True)
+    }
 
 
 def baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[ClipFeatures]) -> dict:

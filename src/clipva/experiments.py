@@ -54,11 +54,18 @@ def cv_summary(metrics: dict[tuple[str, int], dict], predictions: dict[tuple[str
         overall = _flat({**metrics_on_test_split(together)})
         for key in per_fold[0]:
             values = np.array([f[key] for f in per_fold], dtype=float)
-            rows.append({"run": run, "view": key[0], "dimension": key[1], "metric": key[2],
-                         "mean": float(np.nanmean(values)),
-                         "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
-                         "all_folds": overall.get(key, float("nan")),
-                         **{f"fold{fold}": v for fold, v in zip(folds, values, strict=True)}})  # fmt: skip
+            rows.append(
+                {
+                    "run": run,
+                    "view": key[0],
+                    "dimension": key[1],
+                    "metric": key[2],
+                    "mean": float(np.nanmean(values)),
+                    "std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
+                    "all_folds": overall.get(key, float("nan")),
+                    **{f"fold{fold}": v for fold, v in zip(folds, values, strict=True)},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -86,8 +93,7 @@ def plot_comparison(table: pd.DataFrame, path: str) -> None:
     fig = Figure(figsize=(max(4.0, 1.6 * len(table) + 2), 3.6))
     ax = fig.subplots()
     x = np.arange(len(table))
-    for k, (column, label) in enumerate([("ccc_valence", "valence"), ("ccc_arousal", "arousal"),
-                                         ("mean_ccc", "mean")]):  # fmt: skip
+    for k, (column, label) in enumerate([("ccc_valence", "valence"), ("ccc_arousal", "arousal"), ("mean_ccc", "mean")]):
         ax.bar(x + (k - 1) * 0.27, table[column], width=0.27, label=f"CCC {label}")
     ax.scatter(x, table["ridge_probe_mean_ccc"], marker="_", s=600, color="black", zorder=3, label="ridge probe (mean)")
     ax.set_xticks(x, table["run"])

@@ -125,10 +125,13 @@ def extract_features(
     start = time.perf_counter()
     with atomic_h5(out_path) as f:
         f.attrs.update(
-            model=clip.model_name, pretrained=str(pretrained), precision=clip.precision,
-            face_crop=json.dumps(face_crop, sort_keys=True), clipva_version=__version__,
+            model=clip.model_name,
+            pretrained=str(pretrained),
+            precision=clip.precision,
+            face_crop=json.dumps(face_crop, sort_keys=True),
+            clipva_version=__version__,
             embed_dim=int(clip.embed_dim),
-        )  # fmt: skip
+        )
         f.create_group("clips")
         pending: list[np.ndarray] = []  # embeddings of rows first.. not yet written
         bad: dict[int, str] = {}  # row -> why it could not be decoded (skip mode)
@@ -146,8 +149,14 @@ def extract_features(
                 part = frames.iloc[first : first + n]
                 for j in np.flatnonzero(~keep):
                     row = part.iloc[j]
-                    skipped.append(dict(clip_id=row["clip_id"], frame=int(row["frame"]), path=row["path"],
-                                        problem=bad.pop(first + int(j))))  # fmt: skip
+                    skipped.append(
+                        dict(
+                            clip_id=row["clip_id"],
+                            frame=int(row["frame"]),
+                            path=row["path"],
+                            problem=bad.pop(first + int(j)),
+                        )
+                    )
                     log.warning("skipped %s: %s", row["path"], skipped[-1]["problem"])
                 if keep.any():
                     kept = part[keep]
@@ -159,7 +168,7 @@ def extract_features(
                             kept["frame"].to_numpy(),
                             kept["valence"].to_numpy(),
                             kept["arousal"].to_numpy(),
-                        ),  # fmt: skip
+                        ),
                         actor=str(part["actor"].iloc[0]),
                     )
                 else:
@@ -171,8 +180,17 @@ def extract_features(
         bar.close()
         f.attrs["skipped"] = json.dumps(skipped)
     seconds = time.perf_counter() - start
-    summary = {"frames": len(frames), "clips": len(ends), "seconds": seconds, "frames_per_s": len(frames) / seconds,
-               "skipped": len(skipped), "workers": num_workers}  # fmt: skip
-    log.info("extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s, "
-             "%(workers)d decoding workers)", summary)  # fmt: skip
+    summary = {
+        "frames": len(frames),
+        "clips": len(ends),
+        "seconds": seconds,
+        "frames_per_s": len(frames) / seconds,
+        "skipped": len(skipped),
+        "workers": num_workers,
+    }
+    log.info(
+        "extracted %(frames)d frames of %(clips)d clips in %(seconds).1f s (%(frames_per_s).1f frames/s, "
+        "%(workers)d decoding workers)",
+        summary,
+    )
     return summary

@@ -68,8 +68,9 @@ class FaceDetector:
 
     def __init__(self, min_score: float = 0.5, max_side: int = 640, threads: int = 1):
         if not 0 <= min_score <= 1 or max_side < 32 or threads < 1:
-            raise ValueError(f"need 0 <= min_score <= 1, max_side >= 32, threads >= 1 (got {min_score}, "
-                             f"{max_side}, {threads})")  # fmt: skip
+            raise ValueError(
+                f"need 0 <= min_score <= 1, max_side >= 32, threads >= 1 (got {min_score}, {max_side}, {threads})"
+            )
         self.min_score, self.max_side, self.threads = min_score, max_side, threads
         self._worker: ThreadPoolExecutor | None = None
         self._detect = None
@@ -83,8 +84,10 @@ class FaceDetector:
             try:
                 import yuface
             except ImportError as err:  # its wheels are for CPython <= 3.11 on x86_64 Linux and Windows
-                raise ClipvaError(f"face detection needs the yuface package, whose wheels are for CPython 3.11 and "
-                                  f"older on x86-64 (pip install yuface): {err}") from None  # fmt: skip
+                raise ClipvaError(
+                    f"face detection needs the yuface package, whose wheels are for CPython 3.11 and "
+                    f"older on x86-64 (pip install yuface): {err}"
+                ) from None
             self._detect = yuface.c_detect
             self._worker = ThreadPoolExecutor(1, "clipva-faces", initializer=_set_threads, initargs=(self.threads,))
         return self._worker.submit(self._detect, bgr).result()
@@ -92,8 +95,9 @@ class FaceDetector:
     def __call__(self, image: Image.Image) -> list[Detection]:
         scale = min(1.0, self.max_side / max(image.size))
         if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BILINEAR)  # fmt: skip
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+            )
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         rows = np.asarray(self._run(bgr), dtype=np.float64).reshape(-1, 16)  # conf %, x, y, w, h, 5 points...
         faces = []
@@ -120,8 +124,9 @@ def _tracks(detections: Sequence[Sequence[Detection]], link_iou: float, max_gap:
     last: list[int] = []  # frame each track was last seen
     for frame, found in enumerate(detections):
         open_tracks = [k for k in range(len(tracks)) if frame - last[k] <= max_gap + 1]
-        pairs = sorted(((iou(tracks[k][last[k]].box, d.box), k, j) for k in open_tracks for j, d in enumerate(found)),
-                       reverse=True)  # fmt: skip
+        pairs = sorted(
+            ((iou(tracks[k][last[k]].box, d.box), k, j) for k in open_tracks for j, d in enumerate(found)), reverse=True
+        )
         used_tracks, used_faces = set(), set()
         for overlap, k, j in pairs:
             if overlap < link_iou:
@@ -154,8 +159,13 @@ def _smooth(values: np.ndarray, frames: np.ndarray, window: int) -> np.ndarray:
     return (cums[hi] - cums[lo]) / (hi - lo)[:, None]
 
 
-def track_main_face(detections: Sequence[Sequence[Detection]], window: int = 5, fill: str = "interpolate",
-                    link_iou: float = 0.3, max_gap: int = 10) -> pd.DataFrame:  # fmt: skip
+def track_main_face(
+    detections: Sequence[Sequence[Detection]],
+    window: int = 5,
+    fill: str = "interpolate",
+    link_iou: float = 0.3,
+    max_gap: int = 10,
+) -> pd.DataFrame:
     """The main face's box in each frame, from per-frame detections (a list per frame, possibly empty).
 
     Detections are linked into tracks when their IoU with a track's last box is >= `link_iou` and the track
@@ -173,16 +183,29 @@ def track_main_face(detections: Sequence[Sequence[Detection]], window: int = 5, 
     if window < 1 or max_gap < 0 or not 0 <= link_iou <= 1:
         raise ValueError(f"need window >= 1, max_gap >= 0, 0 <= link_iou <= 1 (got {window}, {max_gap}, {link_iou})")
     n = len(detections)
-    table = pd.DataFrame({"frame": np.arange(n), **{c: np.nan for c in BOX_COLUMNS}, "face_found": False,
-                          "score": np.nan, "box_source": "none"})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "frame": np.arange(n),
+            **{c: np.nan for c in BOX_COLUMNS},
+            "face_found": False,
+            "score": np.nan,
+            "box_source": "none",
+        }
+    )
     tracks = _tracks(detections, link_iou, max_gap)
     if not tracks:
         return table
     main = max(tracks, key=_weight)
     found = np.array(sorted(main))
     boxes = np.array([main[f].box for f in found])
-    geometry = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                                boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])  # fmt: skip
+    geometry = np.column_stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2,
+            (boxes[:, 1] + boxes[:, 3]) / 2,
+            boxes[:, 2] - boxes[:, 0],
+            boxes[:, 3] - boxes[:, 1],
+        ]
+    )
     geometry = _smooth(geometry, found, window)
     everywhere = np.arange(n)
     if fill == "interpolate":

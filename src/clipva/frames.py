@@ -20,8 +20,15 @@ from clipva.crop import crop_face, crop_margin, load_rgb
 class FrameWindows(Dataset):
     """Item i -> (T, 3, H, W) preprocessed crops of window i: (clip_id, frame indices)."""
 
-    def __init__(self, frames: pd.DataFrame, windows: list[tuple[str, np.ndarray]], preprocess, face_crop: dict,
-                 augment: dict | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        frames: pd.DataFrame,
+        windows: list[tuple[str, np.ndarray]],
+        preprocess,
+        face_crop: dict,
+        augment: dict | None = None,
+        seed: int = 0,
+    ):
         """`frames`: the index's frame table, or the same indexed by (clip_id, frame) and sorted (reused
         across loaders)."""
         indexed = list(frames.index.names) == ["clip_id", "frame"]

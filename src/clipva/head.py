@@ -93,9 +93,7 @@ class TemporalHead(nn.Module):
         Returns (va (B, T, 2) per-frame valence/arousal (in [-1, 1] under a tanh output), pooled (B, embed_dim))."""
         B, T, _ = x.shape
         if T > self.cfg.max_len:
-            raise ValueError(
-                f"window of {T} frames exceeds max_len={self.cfg.max_len} of the positional encoding"
-            )
+            raise ValueError(f"window of {T} frames exceeds max_len={self.cfg.max_len} of the positional encoding")
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
         mask = mask.bool()
@@ -173,8 +171,15 @@ def _encoder_layer(cfg: HeadConfig, index: int) -> nn.Module:
         return _ConvBlock(cfg.d_model, 2**index, cfg.dropout)
     if cfg.type == "gru":
         return _GRUBlock(cfg.d_model, cfg.dropout)
-    return nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, dim_feedforward=4 * cfg.d_model, dropout=cfg.dropout,
-                                      activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoderLayer(
+        cfg.d_model,
+        cfg.heads,
+        dim_feedforward=4 * cfg.d_model,
+        dropout=cfg.dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
 
 
 def frame_feature_augment(

@@ -30,8 +30,9 @@ def setup_logging(log_path: str | None) -> None:
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
 
 
 def write_error_message(err: OSError, outputs: list[str]) -> str | None:
@@ -40,8 +41,10 @@ def write_error_message(err: OSError, outputs: list[str]) -> str | None:
     if err.errno not in WRITE_ERRORS:
         return None
     where = err.filename or ", ".join(outputs) or "an output"
-    return (f"cannot write {where}: {os.strerror(err.errno)}; {WRITE_ERRORS[err.errno]} and run the same "
-            "command again (inputs are untouched; no partial output is kept)")  # fmt: skip
+    return (
+        f"cannot write {where}: {os.strerror(err.errno)}; {WRITE_ERRORS[err.errno]} and run the same "
+        "command again (inputs are untouched; no partial output is kept)"
+    )
 
 
 def available_cpus() -> int:

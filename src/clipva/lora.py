@@ -38,11 +38,18 @@ def lora_config(cfg: dict) -> LoraConfig:
     (`_set_dropout`): peft refuses it for parameter targets, whose update has no input to drop."""
     targets = list(cfg.get("target_modules", DEFAULT_TARGETS))
     if "out_proj" in targets:
-        raise ConfigError("lora.target_modules: out_proj is never used by nn.MultiheadAttention, which reads its "
-                          "weight directly; target 'attn' and/or the MLP linears 'c_fc', 'c_proj'")  # fmt: skip
+        raise ConfigError(
+            "lora.target_modules: out_proj is never used by nn.MultiheadAttention, which reads its "
+            "weight directly; target 'attn' and/or the MLP linears 'c_fc', 'c_proj'"
+        )
     modules = [t for t in targets if t != "attn"]
-    return LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0, target_modules=modules or None,
-                      target_parameters=[ATTENTION_WEIGHT] if "attn" in targets else None)  # fmt: skip
+    return LoraConfig(
+        r=cfg["r"],
+        lora_alpha=cfg["alpha"],
+        lora_dropout=0.0,
+        target_modules=modules or None,
+        target_parameters=[ATTENTION_WEIGHT] if "attn" in targets else None,
+    )
 
 
 def _warn_if_merging(adapter_dir: str | Path) -> None:
@@ -53,9 +60,12 @@ def _warn_if_merging(adapter_dir: str | Path) -> None:
     except (OSError, ValueError):
         return  # peft reports a missing or unreadable config itself
     if "attn" in (saved.get("target_modules") or []):
-        log.warning("%s: these adapters target the whole attention module, which peft merges into the base "
-                    "weights and subtracts at every forward (half-precision weights drift); retrain them with this "
-                    "clipva, which adapts attn.in_proj_weight instead", adapter_dir)  # fmt: skip
+        log.warning(
+            "%s: these adapters target the whole attention module, which peft merges into the base "
+            "weights and subtracts at every forward (half-precision weights drift); retrain them with this "
+            "clipva, which adapts attn.in_proj_weight instead",
+            adapter_dir,
+        )
 
 
 def _set_dropout(visual: PeftModel, p: float) -> None:

@@ -14,8 +14,9 @@ LOSS_KINDS = ("mse", "ccc", "mix")
 def _select(pred: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Flatten (..., D) to the (M, D) frames the mask selects."""
     if pred.shape != target.shape or pred.ndim < 1:
-        raise ValueError(f"pred and target must have one shape (..., D), got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must have one shape (..., D), got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if mask is None:
         return pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
     if mask.shape != pred.shape[:-1]:
@@ -52,8 +53,9 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
     return _zero(pred) if p.numel() == 0 else F.mse_loss(p, t)
 
 
-def regression_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None, kind: str = "mix",
-                    ccc_weight: float = 0.5) -> Tensor:
+def regression_loss(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, kind: str = "mix", ccc_weight: float = 0.5
+) -> Tensor:
     """Valence/arousal regression loss: "mse", "ccc" (1 - CCC) or "mix" = (1-w) MSE + w (1 - CCC).
 
     If the mask selects no frame the loss is a zero that still has a grad_fn (when ``pred`` requires grad),
@@ -75,8 +77,9 @@ def multi_positive_info_nce(logits: Tensor, pos_mask: Tensor) -> Tensor:
     has one). Entries of ``logits`` may be -inf to drop candidates (e.g. self-similarity).
     """
     if logits.ndim != 2 or pos_mask.shape != logits.shape:
-        raise ValueError(f"logits must be 2-D and pos_mask of its shape, got {tuple(logits.shape)} and "
-                         f"{tuple(pos_mask.shape)}")
+        raise ValueError(
+            f"logits must be 2-D and pos_mask of its shape, got {tuple(logits.shape)} and {tuple(pos_mask.shape)}"
+        )
     pos_mask = pos_mask.bool()
     keep = pos_mask.any(1)
     # Rows without a positive are weighted out rather than indexed out: no host sync on a GPU. They take
@@ -86,15 +89,15 @@ def multi_positive_info_nce(logits: Tensor, pos_mask: Tensor) -> Tensor:
     return (per_row * keep).sum() / keep.sum().clamp_min(1)
 
 
-def vision_language_loss(window_emb: Tensor, text_emb: Tensor, bin_ids: Tensor,
-                         temperature: float = 0.07) -> Tensor:
+def vision_language_loss(window_emb: Tensor, text_emb: Tensor, bin_ids: Tensor, temperature: float = 0.07) -> Tensor:
     """Symmetric window-text InfoNCE where windows of the same emotion bin are positives, not negatives.
 
     window_emb (B, E), text_emb (K, E) one prompt embedding per bin, bin_ids (B,) long in [0, K).
     """
     if window_emb.ndim != 2 or text_emb.ndim != 2 or window_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(f"need window_emb (B, E) and text_emb (K, E), got {tuple(window_emb.shape)} and "
-                         f"{tuple(text_emb.shape)}")
+        raise ValueError(
+            f"need window_emb (B, E) and text_emb (K, E), got {tuple(window_emb.shape)} and {tuple(text_emb.shape)}"
+        )
     if bin_ids.shape != window_emb.shape[:1]:
         raise ValueError(f"bin_ids must have shape ({window_emb.shape[0]},), got {tuple(bin_ids.shape)}")
     on_host = bin_ids.device.type == "cpu"  # checked where it costs no device synchronisation
@@ -106,8 +109,9 @@ def vision_language_loss(window_emb: Tensor, text_emb: Tensor, bin_ids: Tensor,
     return 0.5 * (multi_positive_info_nce(logits, pos) + multi_positive_info_nce(logits.T, pos.T))
 
 
-def temporal_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1,
-                              clip_ids: Tensor | None = None) -> Tensor:
+def temporal_contrastive_loss(
+    z1: Tensor, z2: Tensor, temperature: float = 0.1, clip_ids: Tensor | None = None
+) -> Tensor:
     """NT-Xent over 2B embeddings of two views (windows) of B clips; each view's positive is the other view.
 
     Self-similarity is excluded. With ``clip_ids`` (B,), all embeddings of the same clip are positives

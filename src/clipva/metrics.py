@@ -124,5 +124,9 @@ def per_clip_metrics(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
 def evaluate_predictions(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
     """Pooled (frame-level) and per-clip metrics of (N, 2) valence/arousal predictions."""
     per_clip = per_clip_metrics(pred, true, clip_ids)
-    return {"pooled": va_metrics(pred, true), "per_clip": per_clip,
-            "n_frames": int(np.shape(pred)[0]), "n_clips": per_clip["n_clips"]}
+    return {
+        "pooled": va_metrics(pred, true),
+        "per_clip": per_clip,
+        "n_frames": int(np.shape(pred)[0]),
+        "n_clips": per_clip["n_clips"],
+    }

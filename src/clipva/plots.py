@@ -52,8 +52,13 @@ def scatter(predictions: pd.DataFrame, path: str) -> None:
     for ax, dim in zip(axes, DIMENSIONS, strict=True):
         ax.scatter(test[dim], test[f"{dim}_pred"], s=6, alpha=0.4)
         ax.plot([-10, 10], [-10, 10], "k--", lw=1)
-        ax.set(xlim=(-10.5, 10.5), ylim=(-10.5, 10.5), xlabel=f"annotated {dim}", ylabel=f"predicted {dim}",
-               title=f"{dim} (test frames)")  # fmt: skip
+        ax.set(
+            xlim=(-10.5, 10.5),
+            ylim=(-10.5, 10.5),
+            xlabel=f"annotated {dim}",
+            ylabel=f"predicted {dim}",
+            title=f"{dim} (test frames)",
+        )
         ax.set_aspect("equal")
     fig.tight_layout()
     save_figure(fig, path)
@@ -85,16 +90,22 @@ def circumplex(predictions: pd.DataFrame, path: str) -> None:
     ax.add_patch(Circle((0, 0), 10, fill=False, color="grey", lw=0.8))
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-    ax.set(xlim=(-10.5, 10.5), ylim=(-10.5, 10.5), xlabel="valence", ylabel="arousal",
-           title="valence-arousal plane (test frames)")  # fmt: skip
+    ax.set(
+        xlim=(-10.5, 10.5),
+        ylim=(-10.5, 10.5),
+        xlabel="valence",
+        ylabel="arousal",
+        title="valence-arousal plane (test frames)",
+    )
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def all_plots(pretrain: list[dict], finetune: list[dict], predictions: pd.DataFrame, paths: dict,
-              n_timeseries: int) -> None:  # fmt: skip
+def all_plots(
+    pretrain: list[dict], finetune: list[dict], predictions: pd.DataFrame, paths: dict, n_timeseries: int
+) -> None:
     training_curves(pretrain, finetune, paths["curves"])
     scatter(predictions, paths["scatter"])
     timeseries(predictions, paths["timeseries"], n_timeseries)
@@ -110,8 +121,9 @@ def video_curves(table: pd.DataFrame, path: str, title: str = "") -> None:
     for row, dim in enumerate(DIMENSIONS):
         ax = fig.add_subplot(grid[row, 0])
         ax.plot(t, table[dim], lw=1.2, color=f"C{row}")
-        ax.fill_between(t, -10, 10, where=no_face, color="grey", alpha=0.2, step="mid",
-                        label="no face" if row == 0 else None)  # fmt: skip
+        ax.fill_between(
+            t, -10, 10, where=no_face, color="grey", alpha=0.2, step="mid", label="no face" if row == 0 else None
+        )
         ax.set(ylim=(-10, 10), ylabel=dim)
         if row == 0:
             ax.set_title(title)

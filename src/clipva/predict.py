@@ -70,9 +70,16 @@ def _encode(model: Model, crops: list) -> np.ndarray:
     return encode_frames(model.visual, images, model.clip.dtype).cpu().numpy()
 
 
-def predict_video(path: str | Path, model: Model, fps: float | None = 10.0, no_face: str = "interpolate",
-                  smooth_window: int = 5, min_score: float = 0.5, batch_size: int = 32,
-                  detector: FaceDetector | None = None) -> pd.DataFrame:  # fmt: skip
+def predict_video(
+    path: str | Path,
+    model: Model,
+    fps: float | None = 10.0,
+    no_face: str = "interpolate",
+    smooth_window: int = 5,
+    min_score: float = 0.5,
+    batch_size: int = 32,
+    detector: FaceDetector | None = None,
+) -> pd.DataFrame:
     """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found."""
     from clipva.video import decode
 
@@ -88,8 +95,15 @@ def predict_video(path: str | Path, model: Model, fps: float | None = 10.0, no_f
     track = track_main_face(detections, window=smooth_window, fill="interpolate")
     boxes = track[BOX_COLUMNS].to_numpy(dtype=np.float64)
     found = track["face_found"].to_numpy(dtype=bool)
-    table = pd.DataFrame({"time": np.round(times, 6), "frame": np.arange(len(times)), "valence": np.nan,
-                          "arousal": np.nan, "face_found": found})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "time": np.round(times, 6),
+            "frame": np.arange(len(times)),
+            "valence": np.nan,
+            "arousal": np.nan,
+            "face_found": found,
+        }
+    )
     if not found.any():
         log.warning("%s: no face found in any of its %d frames; its values are left empty", path, len(times))
         return table

@@ -25,8 +25,9 @@ def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dic
         missing = set(clips["clip_id"]) - set(store.clip_ids)
         left_out = missing & {s["clip_id"] for s in store.skipped}  # no frame of theirs could be decoded
         if missing - left_out:
-            raise ValueError(f"{store_path}: clips {sorted(missing - left_out)[:5]} of {clips_csv} are not in the "
-                             "store; re-extract")  # fmt: skip
+            raise ValueError(
+                f"{store_path}: clips {sorted(missing - left_out)[:5]} of {clips_csv} are not in the store; re-extract"
+            )
         if left_out:
             log.warning("%d clips left out at extraction (see its report): %s", len(left_out), sorted(left_out))
         clips = clips[~clips["clip_id"].isin(left_out)]
@@ -57,8 +58,9 @@ def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> d
     return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
 
 
-def clip_windows(features: np.ndarray, length: int, stride: int,
-                 device: torch.device) -> tuple[list[int], torch.Tensor]:  # fmt: skip
+def clip_windows(
+    features: np.ndarray, length: int, stride: int, device: torch.device
+) -> tuple[list[int], torch.Tensor]:
     """The overlapping windows that predict a clip: (their starts, (n_windows, min(length, n_frames), D))."""
     starts = window_starts(len(features), length, stride)
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
@@ -82,15 +84,24 @@ def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: 
     return merge_predictions(len(features), starts, preds)
 
 
-def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, length: int,
-                      stride: int) -> pd.DataFrame:  # fmt: skip
+def predictions_table(
+    head: TemporalHead, clips: list[ClipFeatures], split: str, length: int, stride: int
+) -> pd.DataFrame:
     """Predictions and annotations of every frame of `clips`, on the annotation scale (-10..10)."""
     rows = []
     for clip in clips:
         pred = predict_clip(head, clip.features, length, stride) * VA_SCALE
-        rows.append(pd.DataFrame({
-            "clip_id": clip.clip_id, "frame": clip.frame_index, "split": split,
-            "valence_pred": pred[:, 0], "arousal_pred": pred[:, 1],
-            "valence": clip.valence, "arousal": clip.arousal,
-        }))  # fmt: skip
+        rows.append(
+            pd.DataFrame(
+                {
+                    "clip_id": clip.clip_id,
+                    "frame": clip.frame_index,
+                    "split": split,
+                    "valence_pred": pred[:, 0],
+                    "arousal_pred": pred[:, 1],
+                    "valence": clip.valence,
+                    "arousal": clip.arousal,
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)

@@ -29,6 +29,7 @@ from clipva.windows import random_window
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 
+
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     torch.manual_seed(seed * 100_003 + epoch)
     return np.random.default_rng([seed, epoch])
@@ -53,8 +54,7 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
-            log.info("%s epoch %d: step %d/%d (%.1f s/step)", stage, epoch + 1, step, total,
-                     (now - self.start) / step)  # fmt: skip
+            log.info("%s epoch %d: step %d/%d (%.1f s/step)", stage, epoch + 1, step, total, (now - self.start) / step)
 
 
 def _batches(windows: list, batch_size: int) -> list[list]:
@@ -67,8 +67,14 @@ class Accumulator:
     its batches: with per-batch mean losses of equal weight, a step over k batches of b windows equals one
     over a batch of k*b. Batch-level losses (CCC, contrastive) are computed per batch."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, every: int, n_batches: int, scheduler=None,
-                 scaler: torch.amp.GradScaler | None = None):  # fmt: skip
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        every: int,
+        n_batches: int,
+        scheduler=None,
+        scaler: torch.amp.GradScaler | None = None,
+    ):
         """`scaler`: the backbone's loss scaler (a disabled one, the default, steps as the optimizer alone)."""
         self.optimizer, self.every, self.n, self.scheduler = optimizer, every, n_batches, scheduler
         self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
@@ -118,9 +124,16 @@ def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg: dict,
-             text_emb: np.ndarray | None, resume: ResumeState | None = None, device: torch.device = CPU,
-             backbone=None) -> tuple[TemporalHead, list[dict]]:  # fmt: skip
+def pretrain(
+    train: list[ClipFeatures],
+    head_cfg: HeadConfig,
+    window: dict,
+    cfg: dict,
+    text_emb: np.ndarray | None,
+    resume: ResumeState | None = None,
+    device: torch.device = CPU,
+    backbone=None,
+) -> tuple[TemporalHead, list[dict]]:
     """Contrastive pretraining: vision-language (window embedding vs. CLIP text embedding of its emotion bin)
     and temporal (two windows of one clip are positives). `backbone` (default: the cached features) gives
     the frame features; with LoRA its adapters train too. Returns the head and the loss history."""
@@ -157,8 +170,9 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
         seeds = rng.integers(2**31, size=len(firsts))
         pairs = [a + b for a, b in zip(firsts, seconds, strict=True)]
         accumulator = Accumulator(optimizer, cfg.get("accumulate", 1), len(firsts), scaler=scaler)
-        for batch_windows, both, seed in zip(firsts, backbone.epoch_batches(train, pairs, epoch, device), seeds,
-                                             strict=True):  # fmt: skip
+        for batch_windows, both, seed in zip(
+            firsts, backbone.epoch_batches(train, pairs, epoch, device), seeds, strict=True
+        ):
             n = len(batch_windows)
             a = {k: v[:n] for k, v in both.items()}
             b = {k: v[n:] for k, v in both.items()}
@@ -188,11 +202,25 @@ def pretrain(train: list[ClipFeatures], head_cfg: HeadConfig, window: dict, cfg:
             progress.step("pretrain", epoch, steps, len(firsts))
         record = {"epoch": epoch, **{k: v.item() / max(1, steps) for k, v in sums.items()}}
         history.append(record)
-        log.info("pretrain epoch %d/%d: loss %.4f (vision_language %.4f, temporal %.4f)", epoch + 1,
-                 cfg["epochs"], record["loss"], record["vision_language"], record["temporal"])  # fmt: skip
+        log.info(
+            "pretrain epoch %d/%d: loss %.4f (vision_language %.4f, temporal %.4f)",
+            epoch + 1,
+            cfg["epochs"],
+            record["loss"],
+            record["vision_language"],
+            record["temporal"],
+        )
         if resume:
-            resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                         "backbone": backbone.state_dict(), "epoch": epoch, "scaler": scaler.state_dict()})  # fmt: skip
+            resume.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "backbone": backbone.state_dict(),
+                    "epoch": epoch,
+                    "scaler": scaler.state_dict(),
+                }
+            )
     return model.head.cpu(), history
 
 
@@ -217,9 +245,15 @@ SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any 
 
 
 @torch.no_grad()
-def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: list[ClipFeatures], window: dict,
-                           backbone=None, alphas: tuple[float, ...] = RIDGE_ALPHAS,
-                           sigmas: tuple[float, ...] = SMOOTHING_SIGMAS) -> dict:  # fmt: skip
+def init_linear_from_ridge(
+    head: TemporalHead,
+    train: list[ClipFeatures],
+    val: list[ClipFeatures],
+    window: dict,
+    backbone=None,
+    alphas: tuple[float, ...] = RIDGE_ALPHAS,
+    sigmas: tuple[float, ...] = SMOOTHING_SIGMAS,
+) -> dict:
     """Start fine-tuning from the best linear probe: fit ridge regressions of the labels (atanh of them under a
     tanh output) on the whitened features of the labeled training frames, keep the one of the best validation
     mean CCC in the head's linear path, together with the smoothing width, and zero the encoder's output so
@@ -257,14 +291,25 @@ def init_linear_from_ridge(head: TemporalHead, train: list[ClipFeatures], val: l
     head.linear.weight.copy_(w.T)
     head.linear.bias.copy_(b)
     head.log_sigma.fill_(math.log(sigma))
-    log.info("finetune: linear path from ridge (alpha %g, smoothing %g frames), val mean CCC %.3f", alpha, sigma,
-             scores[(alpha, sigma)])  # fmt: skip
+    log.info(
+        "finetune: linear path from ridge (alpha %g, smoothing %g frames), val mean CCC %.3f",
+        alpha,
+        sigma,
+        scores[(alpha, sigma)],
+    )
     return {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)]}
 
 
-def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalHead, window: dict, cfg: dict,
-             resume: ResumeState | None = None, device: torch.device = CPU,
-             backbone=None) -> tuple[TemporalHead, list[dict], dict]:  # fmt: skip
+def finetune(
+    train: list[ClipFeatures],
+    val: list[ClipFeatures],
+    head: TemporalHead,
+    window: dict,
+    cfg: dict,
+    resume: ResumeState | None = None,
+    device: torch.device = CPU,
+    backbone=None,
+) -> tuple[TemporalHead, list[dict], dict]:
     """Per-frame regression of valence and arousal (scaled to -1..1) with AdamW, warm-up and cosine decay;
     keeps the head of the best validation mean CCC and stops after `patience` epochs without improvement.
     Returns (best head, history, best record)."""
@@ -315,9 +360,14 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             total, steps = total + loss.detach(), steps + 1
             progress.step("finetune", epoch, steps, len(batches))
         scores = validation_ccc(head, val, window, backbone)
-        record = {"epoch": epoch, "train_loss": total.item() / max(1, steps), "val_ccc_valence": scores["valence"],
-                  "val_ccc_arousal": scores["arousal"], "val_mean_ccc": scores["mean"],
-                  "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "train_loss": total.item() / max(1, steps),
+            "val_ccc_valence": scores["valence"],
+            "val_ccc_arousal": scores["arousal"],
+            "val_mean_ccc": scores["mean"],
+            "lr": optimizer.param_groups[0]["lr"],
+        }
         history.append(record)
         if record["val_mean_ccc"] > best["val_mean_ccc"]:
             best, bad_epochs = record, 0
@@ -325,15 +375,32 @@ def finetune(train: list[ClipFeatures], val: list[ClipFeatures], head: TemporalH
             best_backbone = copy.deepcopy(backbone.state_dict())
         else:
             bad_epochs += 1
-        log.info("finetune epoch %d/%d: loss %.4f, val CCC valence %.3f arousal %.3f mean %.3f%s", epoch + 1,
-                 cfg["epochs"], record["train_loss"], scores["valence"], scores["arousal"], scores["mean"],
-                 " (best)" if best is record else "")  # fmt: skip
+        log.info(
+            "finetune epoch %d/%d: loss %.4f, val CCC valence %.3f arousal %.3f mean %.3f%s",
+            epoch + 1,
+            cfg["epochs"],
+            record["train_loss"],
+            scores["valence"],
+            scores["arousal"],
+            scores["mean"],
+            " (best)" if best is record else "",
+        )
         if resume:
-            resume.save({"model": head.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                         "best_state": best_state, "bad": bad_epochs, "epoch": epoch,
-                         "backbone": backbone.state_dict(), "best_backbone": best_backbone,
-                         "scaler": scaler.state_dict()})  # fmt: skip
+            resume.save(
+                {
+                    "model": head.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "best_state": best_state,
+                    "bad": bad_epochs,
+                    "epoch": epoch,
+                    "backbone": backbone.state_dict(),
+                    "best_backbone": best_backbone,
+                    "scaler": scaler.state_dict(),
+                }
+            )
     head.load_state_dict(best_state)
     backbone.load_state_dict(best_backbone)
     return head.cpu(), history, best

@@ -80,8 +80,10 @@ def tuning_folds(clips: pd.DataFrame, folds: int) -> list[pd.Series]:
     else:
         assign = pd.Series(np.arange(len(pool)) % folds, index=pool.index)
     if len(pool) < folds:
-        raise ClipvaError(f"tune.folds: {folds} folds need at least {folds} labeled training and validation "
-                          f"clips, the split has {len(pool)}")  # fmt: skip
+        raise ClipvaError(
+            f"tune.folds: {folds} folds need at least {folds} labeled training and validation "
+            f"clips, the split has {len(pool)}"
+        )
     return [pool["clip_id"][assign == k] for k in range(folds)]
 
 
@@ -89,9 +91,13 @@ def search_key(tune: dict, settings: dict, features: str | Path, clips: str | Pa
     """What identifies a search: its space and folds, the settings it starts from, and the data (the store's
     size and time, the split's bytes), so that another search or other data opens another study."""
     stat = os.stat(features)
-    return {"space": tune["space"], "folds": tune["folds"], "settings": settings,
-            "features": [stat.st_size, stat.st_mtime_ns],
-            "clips": hashlib.sha256(Path(clips).read_bytes()).hexdigest()}  # fmt: skip
+    return {
+        "space": tune["space"],
+        "folds": tune["folds"],
+        "settings": settings,
+        "features": [stat.st_size, stat.st_mtime_ns],
+        "clips": hashlib.sha256(Path(clips).read_bytes()).hexdigest(),
+    }
 
 
 def study_name(key: dict) -> str:
@@ -108,9 +114,12 @@ def open_study(journal: str | Path, name: str):
     Path(journal).parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     return optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    )  # fmt: skip
+    )
 
 
 def fail_abandoned_trials(study) -> int:
@@ -126,8 +135,17 @@ def fail_abandoned_trials(study) -> int:
     return n
 
 
-def search(clips: pd.DataFrame, features: dict[str, ClipFeatures], settings: dict, space: dict, trials: int,
-           folds: int, journal: str | Path, key: dict, seed: int = 0) -> int:
+def search(
+    clips: pd.DataFrame,
+    features: dict[str, ClipFeatures],
+    settings: dict,
+    space: dict,
+    trials: int,
+    folds: int,
+    journal: str | Path,
+    key: dict,
+    seed: int = 0,
+) -> int:
     """Add trials to the study of `key` (search_key) until it holds `trials` finished ones (complete or pruned).
     `settings` holds the head (with window and stride) and finetune sections; `features` maps clip id -> its
     cached features; `seed` seeds this job's sampler (give each concurrent job its own).

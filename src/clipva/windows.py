@@ -32,9 +32,7 @@ def merge_windows(n_frames: int, starts: Sequence[int], window_preds: Sequence[n
     """Merge (len_i, D) predictions for frames starts[i]..starts[i]+len_i-1 into (n_frames, D): each frame is
     the centre-weighted mean over the windows covering it (exactly a window's value where only it covers)."""
     if len(starts) != len(window_preds) or not starts:
-        raise ValueError(
-            f"need as many starts as window predictions (>= 1), got {len(starts)}, {len(window_preds)}"
-        )
+        raise ValueError(f"need as many starts as window predictions (>= 1), got {len(starts)}, {len(window_preds)}")
     preds = [np.asarray(p) for p in window_preds]
     if any(p.ndim != 2 for p in preds) or len({p.shape[1] for p in preds}) != 1:
         raise ValueError("window predictions must all be (len_i, D) with the same D")

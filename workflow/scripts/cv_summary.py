@@ -12,8 +12,9 @@ def main(smk):
     runs, folds = smk.params.runs, smk.params.folds
     keys = [(run, fold) for run in runs for fold in range(folds)]  # the order of the rule's expand()
     metrics = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, smk.input.metrics, strict=True)}
-    predictions = {key: pd.read_csv(path, dtype={"clip_id": str})
-                   for key, path in zip(keys, smk.input.predictions, strict=True)}  # fmt: skip
+    predictions = {
+        key: pd.read_csv(path, dtype={"clip_id": str}) for key, path in zip(keys, smk.input.predictions, strict=True)
+    }
     table = cv_summary(metrics, predictions)
     write_csv(smk.output.summary, table, float_format="%.4f")
     plot_cv(table, smk.output.plot)

@@ -10,9 +10,15 @@ def main(smk):
     clip = load_clip_from(smk.params.clip)
     # read from the config, not params: the number of workers does not change the features, so no rerun
     workers = decode_workers(smk.config["features"]["workers"], job_threads(smk.threads), clip.device)
-    extract_features(frames[frames["clip_id"].isin(clips)], smk.output[0], clip, smk.params.face_crop,
-                     smk.params.clip["pretrained"], num_workers=workers,
-                     on_bad_input=smk.params.on_bad_input)  # fmt: skip
+    extract_features(
+        frames[frames["clip_id"].isin(clips)],
+        smk.output[0],
+        clip,
+        smk.params.face_crop,
+        smk.params.clip["pretrained"],
+        num_workers=workers,
+        on_bad_input=smk.params.on_bad_input,
+    )
 
 
 run_job(snakemake, main)  # noqa: F821

@@ -19,14 +19,16 @@ def main(smk):
     sections = [settings[k] for k in ("clip", "lora", "face_crop")] if lora else None
     backbone = lora_backbone(*sections, smk.input.frames, smk.input.adapter) if lora else None
     resume = ResumeState(smk.params.state, fingerprint([cfg, settings], list(smk.input)))
-    head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device(),
-                                   backbone)  # fmt: skip
+    head, history, best = finetune(
+        data["train"], data["val"], head, ckpt["window"], cfg, resume, resolve_device(), backbone
+    )
     save_head(smk.output.head, head, ckpt["window"], best=best)
     save_adapters(backbone.visual if backbone else None, smk.output.adapter)
     if lora and settings["lora"]["merge"]:
         clip = settings["clip"]
-        export_merged(clip["model"], clip["pretrained"], smk.output.adapter,
-                      Path(smk.output.adapter) / "merged_open_clip.pt")  # fmt: skip
+        export_merged(
+            clip["model"], clip["pretrained"], smk.output.adapter, Path(smk.output.adapter) / "merged_open_clip.pt"
+        )
     write_text(smk.output.history, json.dumps({"best": best, "epochs": history}, indent=1))
     resume.clear()
 

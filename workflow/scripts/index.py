@@ -7,8 +7,13 @@ def main(smk):
     frames, problems = index_dataset(smk.input[0], smk.params.on_bad_input)
     write_report(problems, frames, smk.output.report, smk.params.on_bad_input)
     write_csv(smk.output.frames, frames)
-    log.info("index: %d clips, %d frames, %d problems (see %s)", frames["clip_id"].nunique(), len(frames),
-             len(problems), smk.output.report)  # fmt: skip
+    log.info(
+        "index: %d clips, %d frames, %d problems (see %s)",
+        frames["clip_id"].nunique(),
+        len(frames),
+        len(problems),
+        smk.output.report,
+    )
 
 
 run_job(snakemake, main)  # noqa: F821

@@ -15,8 +15,17 @@ def main(smk):
         ids = [c for c in clips.loc[clips["split"].isin(["train", "val"]), "clip_id"] if c in stored]
         features = dict(zip(ids, store.load_many(ids), strict=True))
     key = search_key(tune, smk.params.settings, smk.input.features, smk.input.clips)
-    ran = search(clips, features, smk.params.settings, tune["space"], tune["trials"], tune["folds"],
-                 smk.params.journal, key, seed=tune["seed"] + int(smk.wildcards.worker))  # fmt: skip
+    ran = search(
+        clips,
+        features,
+        smk.params.settings,
+        tune["space"],
+        tune["trials"],
+        tune["folds"],
+        smk.params.journal,
+        key,
+        seed=tune["seed"] + int(smk.wildcards.worker),
+    )
     write_text(smk.output[0], json.dumps({"study": study_name(key), "trials_run": ran}))
 
 

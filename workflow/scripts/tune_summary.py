@@ -13,9 +13,11 @@ def main(smk):
     if len(studies) != 1:
         raise RuntimeError(f"tune: the workers searched different studies {sorted(studies)}; run the search again")
     best, table, study = summarise(smk.params.journal, studies.pop())
-    header = (f"# The best of {len(table)} trials of `snakemake tune`: mean validation CCC "
-              f"{study.best_value:.4f} over {smk.params.folds} folds of the training and validation clips.\n"
-              "# Use it as a config file: snakemake --configfile results/tune/best.yaml\n")  # fmt: skip
+    header = (
+        f"# The best of {len(table)} trials of `snakemake tune`: mean validation CCC "
+        f"{study.best_value:.4f} over {smk.params.folds} folds of the training and validation clips.\n"
+        "# Use it as a config file: snakemake --configfile results/tune/best.yaml\n"
+    )
     write_text(smk.output.best, header + yaml.safe_dump(best, sort_keys=True))
     write_csv(smk.output.trials, table)
     plot_study(study, smk.output.history, smk.output.importance)
