@@ -1,5 +1,5 @@
-"""The house style is checked, not hoped for: ruff's linter and formatter on the code, snakefmt on the workflow, a README that stays a
-front door with links that resolve."""
+"""The house style is checked, not hoped for: ruff's linter and formatter on the code, snakefmt on the
+workflow, a README that stays a front door with links that resolve."""
 
 import re
 import subprocess
