@@ -158,7 +158,7 @@ PLANNED = {
     | TUNE
     | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
     | AGGREGATES,
-    "demo": EVERY_SCRIPT - {"text_embeddings", "resolved_config"} | AGGREGATES,
+    "demo": EVERY_SCRIPT - {"text_embeddings", "resolved_config", "convert_videos"} | AGGREGATES,
     "cli": set(),
 }
 
