@@ -123,16 +123,16 @@ TUNE = {"tune_worker", "tune_summary"}  # clipva.tune fine-tunes heads: the clos
 EVERY_SCRIPT = set(scripts_of_rules())
 # The rules whose scripts import a module (directly or not), checked by hand against the imports.
 DIRECT = {
-    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
+    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "predict_video"},
     "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
-    # backbones lazily; faces (the box columns) for prediction
+    # backbones lazily; faces (the box columns) for prediction; the model folder (its path checks)
     "afew": RUNS
     | TUNE
     | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model", "predict_video"},
-    "video": {"convert_videos", "predict_video", "export_model"},  # predict imports it in a function
+    "video": {"convert_videos", "predict_video"},  # predict imports it in a function
     "training": {"pretrain", "finetune"} | TUNE,  # not text_embeddings: the prompts are in clipva.prompts
     "prompts": {"text_embeddings", "pretrain", "finetune"} | TUNE,
-    "lora": RUNS | TUNE | {"export_model", "predict_video"},  # frozen runs too: their scripts import it
+    "lora": RUNS | TUNE | {"predict_video"},  # frozen runs too: their scripts import it
     "store": RUNS
     | TUNE
     | {
@@ -141,7 +141,6 @@ DIRECT = {
         "submission",
         "cv_summary",
         "compare_runs",
-        "export_model",
         "predict_video",
     },
     "atomic": EVERY_SCRIPT,
