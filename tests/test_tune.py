@@ -121,6 +121,15 @@ def test_search_resumes_and_adds_only_the_missing_trials(tmp_path):
     assert (tmp_path / "history.png").stat().st_size > 1000 and (tmp_path / "importance.png").stat().st_size > 1000
 
 
+def test_a_search_whose_trials_have_no_score_ends(tmp_path, monkeypatch):
+    clips, features = _data()
+    nan = {"epoch": -1, "val_mean_ccc": float("nan")}  # e.g. a validation fold with constant predictions
+    monkeypatch.setattr("clipva.tune.finetune", lambda *args, **kwargs: (None, [], nan))
+    journal, key = tmp_path / "study.journal", {"test": 2}
+    assert search(clips, features, SETTINGS, SPACE, 3, 2, journal, key) == 3  # not a trial more
+    assert [t.state.name for t in open_study(journal, study_name(key)).trials] == ["FAIL"] * 3
+
+
 def test_a_trial_left_running_by_a_dead_process_is_marked_failed(tmp_path):
     study = open_study(tmp_path / "s.journal", "s")
     dead = subprocess.Popen(["true"])

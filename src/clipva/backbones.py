@@ -212,3 +212,13 @@ def lora_backbone(
     clip = load_clip_from(clip_settings)
     visual = add_adapters(clip, lora, adapter_dir) if trainable else load_adapters(clip, adapter_dir)
     return AdaptedFrames(clip, visual.to(clip.device), read_frames(frames_csv), face_crop, lora)
+
+
+def backbone_of(
+    settings: dict, frames_csv: str | None, adapter_dir: str | None = None, trainable: bool = True
+) -> AdaptedFrames | None:
+    """The backbone a run's settings name ({"backbone": "frozen"}, or "lora" with the clip, lora and face_crop
+    sections): None for the store's cached features, else `lora_backbone` over `frames_csv`."""
+    if settings["backbone"] != "lora":
+        return None
+    return lora_backbone(settings["clip"], settings["lora"], settings["face_crop"], frames_csv, adapter_dir, trainable)

@@ -1,6 +1,6 @@
 """The ``clipva`` command: valence/arousal curves for video files with a trained model.
 
-    clipva predict VIDEO [VIDEO ...] --model RUN      # RUN: a run name (results/runs/RUN/model) or a model folder
+    clipva predict VIDEO [VIDEO ...] --model RUN      # RUN: a run name (its exported model) or a model folder
 
 It runs the same code as ``snakemake predict`` (clipva.predict) and writes, for each video, NAME.csv
 (time, frame, valence, arousal, face_found) and NAME.png (the curves and the valence-arousal path).
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from clipva.errors import ClipvaError
-from clipva.jobs import export_hint, run_model_dir
+from clipva.jobs import PREDICTIONS, RUN_MODEL, export_hint, run_model_dir
 
 
 def _model_dir(model: str) -> Path:
@@ -28,19 +28,15 @@ def _model_dir(model: str) -> Path:
 
 
 def predict(args: argparse.Namespace) -> None:
-    from clipva.atomic import write_csv
-    from clipva.plots import video_curves
-    from clipva.predict import load_model, predict_video
+    from clipva.predict import load_model, predict_video_files
     from clipva.video import list_videos
 
     videos = [v for path in args.videos for v in list_videos(path)]
     model = load_model(_model_dir(args.model))
     args.out.mkdir(parents=True, exist_ok=True)
     for video in videos:
-        table = predict_video(video, model, fps=args.fps, no_face=args.no_face)
-        csv = args.out / f"{video.stem}.csv"
-        write_csv(csv, table, float_format="%.4f")
-        video_curves(table, str(args.out / f"{video.stem}.png"), title=video.name)
+        csv, plot = args.out / f"{video.stem}.csv", args.out / f"{video.stem}.png"
+        table = predict_video_files(video, model, csv, plot, video.name, fps=args.fps, no_face=args.no_face)
         print(f"{video}: {len(table)} frames, face in {int(table['face_found'].sum())} -> {csv}")
 
 
@@ -51,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("predict", help="valence/arousal curves of video files")
     p.add_argument("videos", nargs="+", help="video files (mp4, avi, mkv, webm) or folders of them")
-    p.add_argument("--model", required=True, help="a run name (results/runs/RUN/model) or a model folder")
+    p.add_argument("--model", required=True, help=f"a run name ({RUN_MODEL.format(run='RUN')}) or a model folder")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second decoded (default 10; 0: the video's own)")
     p.add_argument(
         "--no-face",
@@ -59,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         default="interpolate",
         help="values of frames without a face: predicted from the interpolated box, or left empty",
     )
-    p.add_argument("--out", type=Path, default=Path("results/predict"), help="output folder (default results/predict)")
+    p.add_argument("--out", type=Path, default=Path(PREDICTIONS), help=f"output folder (default {PREDICTIONS})")
     args = parser.parse_args(argv)
     args.fps = args.fps or None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

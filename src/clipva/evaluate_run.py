@@ -7,13 +7,18 @@ experiment summaries import: they need not rerun when the LoRA re-encoding below
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 
 import pandas as pd
 
-from clipva.backbones import lora_backbone
+from clipva.atomic import write_csv, write_text
+from clipva.backbones import backbone_of
 from clipva.checkpoints import load_head
 from clipva.evaluation import baselines, metrics_on_test_split
 from clipva.sequences import load_splits, predictions_table
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(
@@ -29,9 +34,8 @@ def evaluate_run(
     head, ckpt = load_head(head_path)
     window = ckpt["window"]
     predicted = data
-    if backbone["backbone"] == "lora":
-        sections = (backbone["clip"], backbone["lora"], backbone["face_crop"])
-        tower = lora_backbone(*sections, frames, adapter, trainable=False)
+    tower = backbone_of(backbone, frames, adapter, trainable=False)
+    if tower is not None:
         tower.train(False)
         predicted = {}
         for split in ("test", "unlabeled"):
@@ -48,3 +52,26 @@ def evaluate_run(
     metrics["best_epoch"] = ckpt.get("best", {})
     metrics["backbone"] = backbone["backbone"]
     return predictions, metrics
+
+
+def evaluate_files(
+    features: str,
+    clips: str,
+    head_path: str,
+    backbone: dict,
+    out: dict[str, str],
+    frames: str | None = None,
+    adapter: str | None = None,
+) -> None:
+    """`evaluate_run`, written to `out`'s ``predictions`` (CSV) and ``metrics`` (JSON) paths."""
+    predictions, metrics = evaluate_run(features, clips, head_path, backbone, frames, adapter)
+    write_csv(out["predictions"], predictions, float_format="%.4f")
+    write_text(out["metrics"], json.dumps(metrics, indent=1))
+    found = metrics["baselines"]
+    log.info(
+        "test mean CCC %.3f (ridge probe %.3f, smoothed %.3f, constant %.3f)",
+        metrics["pooled"]["mean_ccc"],
+        found["ridge_probe"]["test"]["mean_ccc"],
+        found["smoothed_ridge_probe"]["test"]["mean_ccc"],
+        found["constant"]["mean_ccc"],
+    )

@@ -7,13 +7,20 @@ deviation, ddof=1), each fold's value, and the value over all folds' test predic
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from clipva.atomic import write_csv
 from clipva.evaluation import metrics_on_test_split
 from clipva.metrics import DIMENSIONS, METRICS
 from clipva.plots import save_figure
+
+log = logging.getLogger(__name__)
 
 VIEWS = ("pooled", "per_clip")
 
@@ -124,3 +131,19 @@ def plot_cv(table: pd.DataFrame, path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def cv_summary_files(
+    runs: list[str], folds: int, metrics: list[str], predictions: list[str], out: dict[str, str]
+) -> None:
+    """`cv_summary` of each run's folds, read from their metrics.json and predictions.csv paths (both in the
+    order run by run, fold by fold), written to `out`'s ``summary`` (CSV) and ``plot`` paths."""
+    keys = [(run, fold) for run in runs for fold in range(folds)]
+    found = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, metrics, strict=True)}
+    tables = {key: pd.read_csv(path, dtype={"clip_id": str}) for key, path in zip(keys, predictions, strict=True)}
+    table = cv_summary(found, tables)
+    write_csv(out["summary"], table, float_format="%.4f")
+    plot_cv(table, out["plot"])
+    for run in runs:
+        row = table[(table["run"] == run) & (table["view"] == "pooled") & (table["metric"] == "mean_ccc")].iloc[0]
+        log.info("%s: test mean CCC %.3f +- %.3f over %d folds", run, row["mean"], row["std"], folds)

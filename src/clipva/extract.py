@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipva import __version__
-from clipva.afew import BOX_COLUMNS
+from clipva.afew import BOX_COLUMNS, read_frames
 from clipva.crop import crop_face, crop_margin, load_rgb
-from clipva.encoder import LoadedClip, encode_images
+from clipva.encoder import LoadedClip, encode_images, load_clip_from
 from clipva.errors import BadInputError
 from clipva.store import ClipFeatures, atomic_h5, write_features
 
@@ -194,3 +194,16 @@ def extract_features(
         summary,
     )
     return summary
+
+
+def extract_shard(
+    frames_csv: str, shards: int, shard: int, clip: dict, face_crop: dict, out: str, workers, threads: int, **options
+) -> dict:
+    """`extract_features` of shard `shard` of `shards` of the index `frames_csv`, with CLIP of the config's
+    ``clip`` section; `workers` is the ``features.workers`` setting for a job of `threads` threads."""
+    frames = read_frames(frames_csv)
+    ids = shard_clips(frames["clip_id"].unique().tolist(), shards, shard)
+    model = load_clip_from(clip)
+    num_workers = decode_workers(workers, threads, model.device)
+    chosen = frames[frames["clip_id"].isin(ids)]
+    return extract_features(chosen, out, model, face_crop, clip["pretrained"], num_workers=num_workers, **options)

@@ -31,7 +31,7 @@ from clipva.atomic import write_bytes, write_text
 from clipva.encoder import PRECISIONS, register_model_configs
 from clipva.errors import BadInputError, ConfigError
 from clipva.head import HeadConfig, TemporalHead
-from clipva.jobs import export_hint
+from clipva.jobs import DIRECTORY_STAMP, export_hint
 
 FORMAT, VERSION = "clipva-model", 1
 MODEL_FILE = "model.json"
@@ -41,7 +41,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md"
 CHECKPOINT_FILE = "clip_weights.safetensors"  # a local CLIP checkpoint, converted, inside the folder
 CARD_FILE = "README.md"
 SAFE_SUFFIXES = (".json", ".md", ".safetensors")  # text, or tensors with a JSON header: nothing runs
-SNAKEMAKE_STAMP = ".snakemake_timestamp"  # the empty file Snakemake leaves in a directory output
 CROP_METHODS = ("landmarks", "none")
 
 
@@ -173,7 +172,7 @@ def check_files(model_dir: Path) -> None:
     for path in sorted(model_dir.rglob("*")):
         if not inside(path, root):
             raise _problem(path, "links out of the model folder: refused")
-        if path.is_dir() or (path.name == SNAKEMAKE_STAMP and path.stat().st_size == 0):
+        if path.is_dir() or (path.name == DIRECTORY_STAMP and path.stat().st_size == 0):
             continue
         if path.suffix.lower() not in SAFE_SUFFIXES:
             raise _problem(

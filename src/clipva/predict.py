@@ -1,7 +1,7 @@
 """Valence/arousal curves for your own videos, with a trained clipva model.
 
-A model is the folder ``results/runs/<run>/model/`` that the workflow's ``export_model`` rule writes
-(`clipva.model_folder`: JSON settings, safetensors weights, a model card; nothing in it is unpickled).
+A model is a folder that `clipva.model_folder` writes from a fine-tuned run (the workflow's ``export_model``
+rule, `clipva.jobs.RUN_MODEL`: JSON settings, safetensors weights, a model card; nothing in it is unpickled).
 Prediction goes through the same crop, preprocessing, image tower and temporal head as training:
 
 1. decode the video at ``fps`` and detect faces in every frame; keep the main face and smooth its box
@@ -24,12 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clipva.atomic import write_csv
 from clipva.crop import crop_face, crop_margin
 from clipva.encoder import LoadedClip, encode_images, load_clip_from
 from clipva.errors import BadInputError, ConfigError
 from clipva.faces import BOX_COLUMNS, FaceDetector, track_main_face
 from clipva.head import TemporalHead
 from clipva.model_folder import ADAPTER_DIR, load_head_weights, read_model_config
+from clipva.plots import video_curves
 from clipva.sequences import VA_SCALE, predict_clip
 
 log = logging.getLogger(__name__)
@@ -125,3 +127,14 @@ def predict_video(
         table.loc[~found, ["valence", "arousal"]] = np.nan
     log.info("%s: %d frames, face in %d (%.0f%%)", path, len(table), found.sum(), 100 * found.mean())
     return table[COLUMNS]
+
+
+def predict_video_files(
+    video: str | Path, model: Model, csv: str | Path, plot: str | Path, title: str, **options
+) -> pd.DataFrame:
+    """`predict_video` (with `options`) written to `csv` and its curves to `plot` titled `title`; returns the
+    table."""
+    table = predict_video(video, model, **options)
+    write_csv(csv, table, float_format="%.4f")
+    video_curves(table, str(plot), title=title)
+    return table

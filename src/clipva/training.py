@@ -7,22 +7,27 @@ exactly the same path as an uninterrupted one (on CPU).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from clipva.backbones import CachedFeatures
+from clipva.atomic import write_text
+from clipva.backbones import CachedFeatures, backbone_of
 from clipva.baselines import RIDGE_ALPHAS, ridge_solutions
-from clipva.checkpoints import ResumeState
+from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
+from clipva.encoder import resolve_device
 from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
+from clipva.lora import export_merged, save_adapters
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
 from clipva.metrics import ccc
 from clipva.prompts import emotion_bins
-from clipva.sequences import VA_SCALE, clip_windows, merge_predictions, predict_clip, sample_windows
+from clipva.sequences import VA_SCALE, clip_windows, load_splits, merge_predictions, predict_clip, sample_windows
 from clipva.store import ClipFeatures
 from clipva.windows import random_window
 
@@ -404,3 +409,63 @@ def finetune(
     head.load_state_dict(best_state)
     backbone.load_state_dict(best_backbone)
     return head.cpu(), history, best
+
+
+def _inputs(*paths: str | None) -> list[str]:
+    return [p for p in paths if p is not None]
+
+
+def pretrain_files(
+    features: str,
+    clips: str,
+    text: str,
+    settings: dict,
+    state: str,
+    out: dict[str, str],
+    frames: str | None = None,
+) -> None:
+    """The pretraining step on files. `settings`: the run's ``head`` and ``pretrain`` sections and its backbone
+    settings (see `backbone_of`); `state`: where each epoch's resume state goes; `out`: the paths of the
+    ``head``, the ``adapter`` folder and the ``history``. A killed job resumes after its last epoch."""
+    train = load_splits(features, clips, ("train",))["train"]
+    config, window = head_config(settings["head"], train[0].features.shape[1])
+    backbone = backbone_of(settings["backbone"], frames)
+    sections = [settings[k] for k in ("head", "pretrain", "backbone")]
+    resume = ResumeState(state, fingerprint(sections, _inputs(frames, features, clips, text)))
+    embeddings = np.load(text)["embeddings"]
+    cfg, device = settings["pretrain"], resolve_device()
+    head, history = pretrain(train, config, window, cfg, embeddings, resume, device, backbone)
+    save_head(out["head"], head, window)
+    save_adapters(backbone.visual if backbone else None, out["adapter"])
+    write_text(out["history"], json.dumps(history, indent=1))
+    resume.clear()
+
+
+def finetune_files(
+    features: str,
+    clips: str,
+    head_path: str,
+    settings: dict,
+    state: str,
+    out: dict[str, str],
+    frames: str | None = None,
+    adapter: str | None = None,
+) -> None:
+    """The fine-tuning step on files: the pretrained head of `head_path` (and adapters of `adapter`) trained
+    on the train split, the best epoch on val kept. `settings`: the ``finetune`` section and the backbone
+    settings; `out`: the paths of the ``head``, the ``adapter`` folder and the ``history``. With
+    ``lora.merge``, CLIP with the adapters merged is written into the adapter folder too."""
+    data = load_splits(features, clips, ("train", "val"))
+    head, ckpt = load_head(head_path)
+    cfg, run = settings["finetune"], settings["backbone"]
+    backbone = backbone_of(run, frames, adapter)
+    resume = ResumeState(state, fingerprint([cfg, run], _inputs(frames, adapter, features, clips, head_path)))
+    device = resolve_device()
+    head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, device, backbone)
+    save_head(out["head"], head, ckpt["window"], best=best)
+    save_adapters(backbone.visual if backbone else None, out["adapter"])
+    if backbone and run["lora"]["merge"]:
+        merged = Path(out["adapter"]) / "merged_open_clip.pt"
+        export_merged(run["clip"]["model"], run["clip"]["pretrained"], out["adapter"], merged)
+    write_text(out["history"], json.dumps({"best": best, "epochs": history}, indent=1))
+    resume.clear()

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
-from clipva.atomic import atomic_path, process_alive
+from clipva.atomic import atomic_path, process_alive, write_csv, write_text
 from clipva.errors import ClipvaError
-from clipva.store import ClipFeatures
+from clipva.splits import read_clips
+from clipva.store import ClipFeatures, FeatureStore
 from clipva.training import finetune, head_config, new_head
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,10 @@ def search(
     pool = [c for c in pd.concat(masks) if c in features]
     in_dim = features[pool[0]].features.shape[1]
 
+    mine: list[int] = []  # the numbers of the trials this job runs
+
     def objective(trial) -> float:
+        mine.append(trial.number)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         chosen = suggest(trial, space)
@@ -183,11 +188,17 @@ def search(
 
     states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
     done = len(study.get_trials(deepcopy=False, states=states))
-    ran = 0
-    while done < trials:
+    ran, failed = 0, 0
+    # A trial whose score is not a number ends FAIL (Optuna's rule) and counts against this job's budget, so
+    # that a search whose settings all fail ends instead of adding trials for ever.
+    while done + failed < trials:
         study.optimize(objective, n_trials=1, catch=())
         ran += 1
-        done = len(study.get_trials(deepcopy=False, states=states))  # other jobs add trials too
+        everyone = study.get_trials(deepcopy=False)
+        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in everyone if t.number in mine)
+        done = sum(t.state in states for t in everyone)  # other jobs add trials too
+    if failed:
+        log.warning("tune: %d trials run here had no score (failed); see the warnings above", failed)
     log.info("tune: %d trials run here; the study holds %d finished trials", ran, done)
     return ran
 
@@ -234,3 +245,36 @@ def _importance(study):
         ax.set_axis_off()
         return ax
     return ovm.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+
+
+def worker_files(features: str, clips: str, tune: dict, settings: dict, journal: str, worker: int, out: str) -> None:
+    """One search job on files: the training and validation clips of `clips` from the store `features`, trials
+    added to the study in `journal` (`search`) with a sampler seeded by ``tune.seed`` and the `worker` number;
+    `out` records which study it searched."""
+    table = read_clips(clips)
+    with FeatureStore(features) as store:
+        stored = set(store.clip_ids)
+        ids = [c for c in table.loc[table["split"].isin(["train", "val"]), "clip_id"] if c in stored]
+        loaded = dict(zip(ids, store.load_many(ids), strict=True))
+    key = search_key(tune, settings, features, clips)
+    seed = tune["seed"] + worker
+    ran = search(table, loaded, settings, tune["space"], tune["trials"], tune["folds"], journal, key, seed)
+    write_text(out, json.dumps({"study": study_name(key), "trials_run": ran}))
+
+
+def summary_files(worker_records: list[str], journal: str, folds: int, out: dict[str, str]) -> None:
+    """The search's results from the workers' records: `out`'s ``best`` (a config file of the best trial's
+    settings), ``trials`` (CSV), ``history`` and ``importance`` (PNG plots)."""
+    studies = {json.loads(Path(path).read_text())["study"] for path in worker_records}
+    if len(studies) != 1:
+        raise ClipvaError(f"tune: the workers searched different studies {sorted(studies)}; run the search again")
+    best, table, study = summarise(journal, studies.pop())
+    header = (
+        f"# The best of {len(table)} trials of the search: mean validation CCC "
+        f"{study.best_value:.4f} over {folds} folds of the training and validation clips.\n"
+        f"# Use it as a config file: --configfile {out['best']}\n"
+    )
+    write_text(out["best"], header + yaml.safe_dump(best, sort_keys=True))
+    write_csv(out["trials"], table)
+    plot_study(study, out["history"], out["importance"])
+    log.info("tune: best trial %d, %.4f: %s", study.best_trial.number, study.best_value, best)

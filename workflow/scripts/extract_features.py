@@ -1,23 +1,13 @@
-from clipva.afew import read_frames
-from clipva.encoder import load_clip_from
-from clipva.extract import decode_workers, extract_features, shard_clips
+from clipva.extract import extract_shard
 from clipva.jobs import job_threads, run_job
 
 
 def main(smk):
-    frames = read_frames(smk.input[0])
-    clips = shard_clips(frames["clip_id"].unique().tolist(), smk.params.shards, int(smk.wildcards.shard))
-    clip = load_clip_from(smk.params.clip)
+    p, shard = smk.params, int(smk.wildcards.shard)
     # read from the config, not params: the number of workers does not change the features, so no rerun
-    workers = decode_workers(smk.config["features"]["workers"], job_threads(smk.threads), clip.device)
-    extract_features(
-        frames[frames["clip_id"].isin(clips)],
-        smk.output[0],
-        clip,
-        smk.params.face_crop,
-        smk.params.clip["pretrained"],
-        num_workers=workers,
-        on_bad_input=smk.params.on_bad_input,
+    workers, threads = smk.config["features"]["workers"], job_threads(smk.threads)
+    extract_shard(
+        smk.input[0], p.shards, shard, p.clip, p.face_crop, smk.output[0], workers, threads, on_bad_input=p.on_bad_input
     )
 
 

@@ -1,23 +1,11 @@
-from clipva.atomic import write_csv
-from clipva.jobs import log, run_job
-from clipva.plots import video_curves
-from clipva.predict import load_model, predict_video
+from clipva.jobs import run_job
+from clipva.predict import load_model, predict_video_files
 
 
 def main(smk):
-    cfg = smk.params.predict
+    o = {k: smk.params.predict[k] for k in ("fps", "no_face", "smooth_window", "min_score")}
     model = load_model(smk.input.model)
-    table = predict_video(
-        smk.input.video,
-        model,
-        fps=cfg["fps"],
-        no_face=cfg["no_face"],
-        smooth_window=cfg["smooth_window"],
-        min_score=cfg["min_score"],
-    )
-    write_csv(smk.output.csv, table, float_format="%.4f")
-    video_curves(table, smk.output.plot, title=smk.wildcards.video)
-    log.info("%s: %d frames, face in %d", smk.input.video, len(table), int(table["face_found"].sum()))
+    predict_video_files(smk.input.video, model, smk.output.csv, smk.output.plot, smk.wildcards.video, **o)
 
 
 run_job(snakemake, main)  # noqa: F821
