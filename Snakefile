@@ -21,6 +21,14 @@ include: "workflow/rules/experiments.smk"
 include: "workflow/rules/predict.smk"
 
 
+onstart:
+    check_cluster_requests()
+
+
+onerror:
+    say_cluster_endings(log)
+
+
 rule all:
     default_target: True
     input:

@@ -8,12 +8,13 @@ equals a local run's, and stops every daemon it started by PID.
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
-from slurm_loopback import Unavailable, loopback_cluster
+from slurm_loopback import NODE_CPUS, Unavailable, loopback_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 CLUSTER_SECTION = "## A cluster: the SLURM profile"
@@ -104,3 +105,81 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
 
     run_snakemake(local)
     pd.testing.assert_frame_equal(submission, pd.read_csv(local / "results/submission.csv", dtype={"clip_id": str}))
+
+
+SUBMIT = ".venv/bin/snakemake --profile profiles/slurm results/submission.csv"
+# Two extraction shards and a fine-tuning long enough (about 40 ms an epoch here) to be caught mid-work.
+PREEMPTED = {"features": {"shards": 2}, "finetune": {"epochs": 300, "patience": 1000}}
+
+
+def _queue() -> list[tuple[str, str, str]]:
+    """(job id, state, rule comment) of every job the controller knows."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True, check=True)
+    return [tuple(line.split("|", 2)) for line in out.stdout.splitlines()]
+
+
+def _running(rule: str) -> list[str]:
+    return [job for job, state, comment in _queue() if state == "RUNNING" and comment.startswith(f"rule_{rule}")]
+
+
+def _cancel_when(proc: subprocess.Popen, rule: str, working, timeout: float = 600) -> list[str]:
+    """scancel the running jobs of `rule` as soon as one of them is working (working() holds)."""
+    end = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"the run ended before {rule} could be cancelled"
+        assert time.monotonic() < end, f"timed out waiting for {rule} to work"
+        jobs = _running(rule)
+        if jobs and working():
+            subprocess.run(["scancel", *jobs], check=True)
+            return jobs
+        time.sleep(0.05)
+
+
+def test_jobs_the_cluster_cancels_mid_work_are_retried_and_the_result_is_unchanged(cluster, tmp_path):
+    remote, local = tmp_path / "slurm", tmp_path / "local"
+    remote.mkdir()
+    local.mkdir()
+    config = write_config(remote, PREEMPTED)
+    shards = remote / "results/features/shards"
+    state = remote / "results/runs/main/.state/finetune.pt"
+    with open(tmp_path / "snakemake.log", "w") as out:
+        proc = subprocess.Popen(as_test(SUBMIT, remote, config), cwd=remote, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            extraction = _cancel_when(proc, "extract_features", lambda: any(shards.glob(".*.tmp-*")))
+            finetuning = _cancel_when(proc, "finetune", state.exists)
+            assert proc.wait(timeout=900) == 0, (tmp_path / "snakemake.log").read_text()[-5000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    states = {job: state for job, state, _ in _queue()}
+    assert all(states[job] == "CANCELLED" for job in extraction + finetuning)
+    # the profile's retry resubmitted both; fine-tuning went on from its last saved epoch, not from zero
+    assert "finetune: resuming after epoch" in (remote / "logs/runs/main/finetune.log").read_text()
+    assert not any(shards.glob(".*.tmp-*"))
+    run_snakemake(local, overrides=PREEMPTED)
+    for name in ("results/submission.csv", "results/runs/main/finetune/history.json"):
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_a_job_past_its_time_limit_is_reported_with_its_rule_and_resource(cluster, tmp_path):
+    config = write_config(tmp_path, {"finetune": {"epochs": 100_000, "patience": 100_000}})
+    limit = ["--set-resources", "finetune:runtime=1", "--retries", "0"]
+    proc = subprocess.run(as_test(SUBMIT, tmp_path, config) + limit, capture_output=True, text=True, timeout=960)
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert "rule finetune: the cluster ended the job (TIMEOUT)" in said, said[-5000:]
+    assert "raise its `runtime` (minutes) in the profile, under set-resources: finetune:" in said
+    assert not (tmp_path / "results/runs/main/finetune/best.pt").exists()
+
+
+def test_a_job_no_node_can_hold_stops_the_run_before_anything_is_submitted(cluster, tmp_path):
+    config = write_config(tmp_path)
+    before = set(_queue())
+    too_many = ["--set-threads", f"extract_features={NODE_CPUS * 2}"]
+    start = time.monotonic()
+    proc = subprocess.run(as_test(SUBMIT, tmp_path, config) + too_many, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and time.monotonic() - start < 120  # not pending for ever
+    said = proc.stdout + proc.stderr
+    assert f"rule extract_features asks for {NODE_CPUS * 2} threads, but no node of the cluster has more than" in said
+    assert f"set-threads: extract_features: {NODE_CPUS}" in said
+    assert set(_queue()) == before  # refused before submission: not even the first job went to the queue

@@ -16,6 +16,7 @@ os.environ.update(
 
 from clipva import provenance
 from clipva.errors import ConfigError
+from clipva.jobs import cluster_endings, node_cpus, unschedulable
 from clipva.settings import check_finite
 
 try:  # what the schema cannot check (it lets NaN through)
@@ -26,6 +27,35 @@ except ConfigError as err:
 # torch's OpenMP threads spin while waiting; on a busy or shared machine that stalls every parallel region
 # (benchmarks/README.md: a 60-clip build 109 s -> 65 s with PASSIVE). Jobs inherit it; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def say_cluster_endings(logs):
+    """After a failed run: for each job the cluster ended (time limit, memory, preemption), which rule, what
+    ran out and how to change it, from Snakemake's log."""
+    for path in [logs] if isinstance(logs, (str, Path)) else logs or []:
+        if path and Path(path).is_file():
+            for line in cluster_endings(Path(path).read_text(errors="replace")):
+                print(line, file=sys.stderr)
+
+
+def check_cluster_requests():
+    """Before submitting to SLURM: stop, naming the rule, if a job asks for more CPUs than any node has."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    jobs = list(workflow.dag.needrun_jobs())
+    for partition in {job.resources.get("slurm_partition") for job in jobs}:
+        cpus = node_cpus(partition)
+        if cpus is None:
+            continue
+        threads = {}
+        for job in jobs:
+            if job.resources.get("slurm_partition") == partition:
+                threads[job.rule.name] = max(threads.get(job.rule.name, 0), job.threads)
+        problems = unschedulable(threads, cpus, partition)
+        if problems:
+            raise WorkflowError("\n".join(problems))
+
 
 RUN = config["run"]
 RUN_DIR = f"results/runs/{RUN}"
