@@ -2,7 +2,7 @@
 
     clipva predict VIDEO [VIDEO ...] --model RUN      # RUN: a run name (its exported model) or a model folder
 
-It runs the same code as ``snakemake predict`` (clipva.predict) and writes, for each video, NAME.csv
+It runs the same code as the workflow's predict target (clipva.predict) and writes, for each video, NAME.csv
 (time, frame, valence, arousal, face_found) and NAME.png (the curves and the valence-arousal path).
 """
 
