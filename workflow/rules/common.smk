@@ -43,16 +43,13 @@ def check_cluster_requests():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
         return
-    jobs = list(workflow.dag.needrun_jobs())
-    for partition in {job.resources.get("slurm_partition") for job in jobs}:
+    threads = {}  # partition (None: the default) -> rule -> the most threads one of its jobs asks for
+    for job in workflow.dag.needrun_jobs():
+        rules = threads.setdefault(job.resources.get("slurm_partition"), {})
+        rules[job.rule.name] = max(rules.get(job.rule.name, 0), job.threads)
+    for partition, asked in threads.items():
         cpus = node_cpus(partition)
-        if cpus is None:
-            continue
-        threads = {}
-        for job in jobs:
-            if job.resources.get("slurm_partition") == partition:
-                threads[job.rule.name] = max(threads.get(job.rule.name, 0), job.threads)
-        problems = unschedulable(threads, cpus, partition)
+        problems = unschedulable(asked, cpus, partition) if cpus is not None else []
         if problems:
             raise WorkflowError("\n".join(problems))
 
