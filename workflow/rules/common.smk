@@ -43,7 +43,8 @@ def check_cluster_requests():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
         return
-    threads = {}  # partition (None: the default) -> rule -> the most threads one of its jobs asks for
+    # partition (None: the default) -> rule -> the most threads one of its jobs asks for
+    threads = {}
     for job in workflow.dag.needrun_jobs():
         rules = threads.setdefault(job.resources.get("slurm_partition"), {})
         rules[job.rule.name] = max(rules.get(job.rule.name, 0), job.threads)
