@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from hypothesis import HealthCheck, settings
 
 from clipva.demo import make_demo
@@ -97,6 +98,34 @@ def run_snakemake(
     return proc
 
 
+def _run_folder(tmp_path_factory) -> Path:
+    """A folder of this test run that every pytest-xdist worker sees (the run's base temporary folder, whose
+    sub-folder each worker gets); without xdist, the base temporary folder itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """A workdir in which the tiny configuration's main job has run, built once per test run: the first
+    worker that asks builds it, the others wait for it. Never changed by a test: copy it (copy_built)."""
+    shared = _run_folder(tmp_path_factory)
+    workdir, done = shared / "built", shared / "built.done"
+    with FileLock(str(shared / "built.lock")):
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            run_snakemake(workdir)
+            done.touch()
+    return workdir
+
+
+def copy_built(built: Path, dest: Path) -> Path:
+    """A copy of the built workdir at `dest`, file times included, so that Snakemake finds it up to date."""
+    shutil.copytree(built, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
 def session_pids(sid: int) -> list[int]:
     """PIDs of the processes of session `sid` (snakemake and its jobs), from /proc."""
     pids = []
@@ -135,9 +164,20 @@ def kill_when(cmd: list[str], ready, what: str, timeout: float = 300) -> None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need a CUDA device: skipped without one."""
+    """Modules in the order pytest-xdist hands them out (`--no-loadscope-reorder`): the cluster tests first,
+    then the modules with end-to-end or slow tests, then the rest, each module's tests in their own order. The
+    cluster tests mostly wait for SLURM: the other process computes meanwhile, and the quick modules fill
+    in at the end. Tests marked gpu need a CUDA device: skipped without one."""
     import torch
 
+    def rank(item: pytest.Item) -> int:
+        marks = {m.name for i in modules[item.module.__name__] for m in i.iter_markers()}
+        return 0 if "slurm" in marks else 1 if marks & {"e2e", "slow"} else 2
+
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.module.__name__, []).append(item)
+    items.sort(key=rank)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_snakemake
+from conftest import copy_built, run_snakemake
 
 from clipva.evaluation import metrics_on_test_split
 from clipva.experiments import compare_runs, cv_summary
@@ -85,7 +85,8 @@ VARIANTS = {"split": {"folds": 3}, "runs": {"nopre": {"pretrain": {"epochs": 0}}
 
 
 @pytest.mark.e2e
-def test_cross_validation_and_comparison_of_runs(tmp_path):
+def test_cross_validation_and_comparison_of_runs(built, tmp_path):
+    copy_built(built, tmp_path)  # the main job done: the folds and the variant run are what is new
     run_snakemake(tmp_path, "all", "cv", "compare", overrides=VARIANTS)
     summary = pd.read_csv(tmp_path / "results/cv/summary.csv")
     assert set(summary["run"]) == {"main"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import REPO, SNAKEMAKE, kill_when, run_snakemake, write_config
+from conftest import REPO, SNAKEMAKE, copy_built, kill_when, run_snakemake, write_config
 
 from clipva.demo import make_demo
 
@@ -59,10 +59,10 @@ def _tree_digest(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def features_ready(tmp_path_factory):
-    """A workdir with the demo extracted (shared, copied by each test)."""
-    workdir = tmp_path_factory.mktemp("faults")
-    run_snakemake(workdir, "features")
+def features_ready(built, tmp_path_factory):
+    """A workdir with the demo extracted and no run trained yet (shared, copied by each test)."""
+    workdir = copy_built(built, tmp_path_factory.mktemp("faults"))
+    shutil.rmtree(workdir / "results/runs")
     return workdir
 
 

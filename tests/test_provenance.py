@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_built, run_snakemake
 from PIL import Image
 
 from clipva.demo import make_demo
@@ -125,7 +125,7 @@ EVERY_SCRIPT = set(scripts_of_rules())
 DIRECT = {
     "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "predict_video"},
     "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
-    # backbones lazily; faces (the box columns) for prediction; the model folder (its path checks)
+    # feature_sources lazily; faces (the box columns) for prediction; the model folder (its path checks)
     "afew": RUNS
     | TUNE
     | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model", "predict_video"},
@@ -193,7 +193,7 @@ def _video(frames: list[Path], path: Path) -> int:
 
 
 @pytest.mark.e2e
-def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(tmp_path):
+def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(built, tmp_path):
     """Built once; then, in a copy of the workflow, each module gets a comment line and the dry run must plan
     the rules whose scripts import it and their dependants (in the job graph), nothing else. Two identical
     copies take half of the modules each, in parallel (dry runs take no lock)."""
@@ -205,10 +205,11 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(tmp_p
     shutil.copytree(copies[0], copies[1])  # the same bytes (and times), whatever is edited in REPO meanwhile
     # one video to predict on, and one annotated video: convert_videos reads the folder dataset.root names,
     # here work/demo (the index reads the generated demo, dataset.root "demo"), and is built as a target
+    copy_built(built, work)  # the main job done: the folds, tuning, videos and prediction are what is new
     faces = tmp_path / "faces"
     make_demo(faces, n_clips=2, n_actors=2, min_frames=8, max_frames=10, seed=3)
     first, second = sorted(p for p in faces.iterdir() if p.is_dir())
-    (work / "demo").mkdir(parents=True)
+    (work / "demo").mkdir()
     n = _video(sorted(first.glob("*.png")), work / "demo/annotated.mp4")
     pd.DataFrame({"frame": range(n), "valence": 1.0, "arousal": -2.0}).to_csv(work / "demo/annotated.csv", index=False)
     (work / "videos").mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, SNAKEMAKE, run_snakemake, write_config
+from conftest import REPO, SNAKEMAKE, copy_built, run_snakemake, write_config
 from slurm_loopback import NODE_CPUS, Unavailable, loopback_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
@@ -66,12 +66,16 @@ def _jobs() -> list[str]:
     return [line for line in out.splitlines() if "Comment=rule_" in line]
 
 
-def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster, tmp_path):
+# The profile asks 16 GB for an extraction job, so the test node (the machine's memory) holds one at a time; the tiny
+# demo's take little, and with 2 threads the 8 shards run 4 at a time on the node's 4 declared GPUs.
+SMALL_SHARDS = ["--set-resources", "extract_features:mem_mb=2000", "--set-threads", "extract_features=2"]
+
+
+def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster, built, tmp_path):
     commands = readme_cluster_commands()
     assert commands[0] == ".venv/bin/snakemake --profile profiles/slurm results/submission.csv"
-    remote, local = tmp_path / "slurm", tmp_path / "local"
+    remote = tmp_path / "slurm"
     remote.mkdir()
-    local.mkdir()
     config = write_config(remote)
     before = {line.split()[0] for line in _jobs()}
     seen: dict[str, str] = {}  # JobId -> record, gathered after each command (finished jobs age out)
@@ -79,7 +83,9 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
         if not line.startswith(".venv/bin/snakemake"):
             subprocess.run(line, shell=True, cwd=remote, check=True)  # e.g. writing shards.yaml
             continue
-        proc = subprocess.run(as_test(line, remote, config), cwd=remote, capture_output=True, text=True, timeout=960)
+        proc = subprocess.run(
+            as_test(line, remote, config) + SMALL_SHARDS, cwd=remote, capture_output=True, text=True, timeout=960
+        )
         assert proc.returncode == 0, line + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
         seen.update((job.split()[0], job) for job in _jobs() if job.split()[0] not in before)
         if line == commands[0]:
@@ -103,8 +109,8 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
     assert len(list((remote / "results/features/shards").glob("*-of-8.h5"))) == 8
     assert "_slurm_rpc_submit_batch_job" in cluster["log"].read_text()
 
-    run_snakemake(local)
-    pd.testing.assert_frame_equal(submission, pd.read_csv(local / "results/submission.csv", dtype={"clip_id": str}))
+    local = pd.read_csv(built / "results/submission.csv", dtype={"clip_id": str})  # the same config, run locally
+    pd.testing.assert_frame_equal(submission, local)
 
 
 SUBMIT = ".venv/bin/snakemake --profile profiles/slurm results/submission.csv"
@@ -135,10 +141,9 @@ def _cancel_when(proc: subprocess.Popen, rule: str, working, timeout: float = 60
         time.sleep(0.05)
 
 
-def test_jobs_the_cluster_cancels_mid_work_are_retried_and_the_result_is_unchanged(cluster, tmp_path):
-    remote, local = tmp_path / "slurm", tmp_path / "local"
-    remote.mkdir()
-    local.mkdir()
+def test_jobs_the_cluster_cancels_mid_work_are_retried_and_the_result_is_unchanged(cluster, built, tmp_path):
+    # from the main job's workdir: the 2 shards and the long fine-tuning run again, the data set is not remade
+    remote, local = copy_built(built, tmp_path / "slurm"), copy_built(built, tmp_path / "local")
     config = write_config(remote, PREEMPTED)
     shards = remote / "results/features/shards"
     state = remote / "results/runs/main/.state/finetune.pt"
@@ -161,7 +166,8 @@ def test_jobs_the_cluster_cancels_mid_work_are_retried_and_the_result_is_unchang
         assert (remote / name).read_bytes() == (local / name).read_bytes(), name
 
 
-def test_a_job_past_its_time_limit_is_reported_with_its_rule_and_resource(cluster, tmp_path):
+def test_a_job_past_its_time_limit_is_reported_with_its_rule_and_resource(cluster, built, tmp_path):
+    copy_built(built, tmp_path)  # features made: fine-tuning is the first job submitted
     config = write_config(tmp_path, {"finetune": {"epochs": 100_000, "patience": 100_000}})
     limit = ["--set-resources", "finetune:runtime=1", "--retries", "0"]
     proc = subprocess.run(as_test(SUBMIT, tmp_path, config) + limit, capture_output=True, text=True, timeout=960)

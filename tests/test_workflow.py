@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO, copy_built, run_snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -24,10 +24,9 @@ def _planned(proc) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    run_snakemake(workdir)
-    return workdir
+def finished(built, tmp_path_factory):
+    """The main job's workdir, this module's own copy (its tests add runs to it)."""
+    return copy_built(built, tmp_path_factory.mktemp("e2e"))
 
 
 def test_main_job_produces_submission_metrics_and_plots(finished):
