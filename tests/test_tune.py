@@ -3,13 +3,15 @@
 import json
 import os
 import subprocess
+import sys
+import time
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, kill_when, run_snakemake, write_config
+from conftest import REPO, SNAKEMAKE, copy_built, kill_when, run_snakemake, write_config
 
 from clipva.errors import ClipvaError
 from clipva.store import ClipFeatures
@@ -142,6 +144,30 @@ def test_a_trial_left_running_by_a_dead_process_is_marked_failed(tmp_path):
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]  # a live process's trial is left alone
 
 
+# A search killed between taking and releasing Optuna's journal lock, as SIGKILL (a preempted job) leaves it.
+KILLED_HOLDING_THE_LOCK = """
+import optuna.storages.journal as journal
+journal.JournalFileSymlinkLock.release = lambda self: None
+from clipva.tune import open_study
+open_study("results/tune/study.journal", "s")
+"""
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_killed_search_is_taken_over(tmp_path):
+    """The workflow gives the journal's path relative to the workdir; the lock a killed search leaves must
+    not stop the next one for ever (it did: Optuna's link to a relative path does not resolve, and its
+    waiting loop then spins without end). Optuna takes a stale lock over after its grace period (30 s)."""
+    run = {"cwd": tmp_path, "capture_output": True, "text": True}
+    subprocess.run([sys.executable, "-c", KILLED_HOLDING_THE_LOCK], check=True, **run)
+    assert (tmp_path / "results/tune/study.journal.lock").is_symlink()
+    again = 'from clipva.tune import open_study; print(len(open_study("results/tune/study.journal", "s").trials))'
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", again], timeout=150, **run)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0", proc.stderr[-2000:]
+    assert time.monotonic() - start < 120
+
+
 TUNE = {
     "tune": {
         "trials": 3,
@@ -152,7 +178,8 @@ TUNE = {
 
 
 @pytest.mark.e2e
-def test_tune_killed_and_resumed_gives_a_usable_best_config(tmp_path):
+def test_tune_killed_and_resumed_gives_a_usable_best_config(built, tmp_path):
+    copy_built(built, tmp_path)
     run_snakemake(tmp_path, "features", "results/index/clips.csv", overrides=TUNE)
     journal = tmp_path / "results/tune/study.journal"
 

@@ -114,7 +114,10 @@ def open_study(journal: str | Path, name: str):
     from optuna.storages.journal import JournalFileBackend
 
     Path(journal).parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    # Optuna's lock is a symbolic link to the journal path as given. A process killed while writing leaves
+    # it behind; the next one takes it over after a grace period, but only if the link resolves: relative to
+    # the link's own folder, a relative path does not, and the next search then waits for ever at full CPU.
+    storage = JournalStorage(JournalFileBackend(str(Path(journal).resolve())))
     return optuna.create_study(
         storage=storage,
         study_name=name,
