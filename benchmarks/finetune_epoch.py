@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from common import CROP, MAX_FRAMES, MIN_FRAMES, as_the_workflow_runs, load_average, machine, median, repo_config
 
-from clipva.backbones import CachedFeatures
+from clipva.feature_sources import CachedFeatures
 from clipva.head import HeadConfig, TemporalHead
 from clipva.store import ClipFeatures
 from clipva.training import finetune, head_config, new_head
@@ -124,9 +124,9 @@ def cached_epochs(train, val, head_cfg: dict, ft_cfg: dict, epochs: int, profile
 def lora_seconds_per_frame(model: str, steps: int, windows: int, frames_per_window: int) -> tuple[float, str]:
     """Seconds per frame of LoRA fine-tuning steps (median over `steps` steps after one warm-up)."""
     from clipva.afew import index_dataset
-    from clipva.backbones import AdaptedFrames
     from clipva.demo import make_demo
     from clipva.encoder import load_clip
+    from clipva.feature_sources import AdaptedFrames
     from clipva.lora import add_adapters
     from clipva.losses import regression_loss
 

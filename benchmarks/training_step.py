@@ -22,10 +22,10 @@ import torch
 from common import CROP, as_the_workflow_runs, machine, repo_config
 
 from clipva.afew import index_dataset
-from clipva.backbones import AdaptedFrames, CachedFeatures
 from clipva.demo import make_demo
 from clipva.encoder import load_clip
 from clipva.extract import extract_features
+from clipva.feature_sources import AdaptedFrames, CachedFeatures
 from clipva.head import HeadConfig, TemporalHead
 from clipva.lora import add_adapters
 from clipva.losses import regression_loss

@@ -11,8 +11,8 @@ from simulated_cuda import DeviceMismatch, place_of, simulated_cuda
 from test_training import FINETUNE, PRETRAIN, WINDOW, _clips, _head
 
 from clipva.afew import index_dataset
-from clipva.backbones import AdaptedFrames
 from clipva.encoder import load_clip
+from clipva.feature_sources import AdaptedFrames
 from clipva.head import HeadConfig
 from clipva.lora import add_adapters
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss

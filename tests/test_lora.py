@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from clipva.afew import index_dataset
-from clipva.backbones import AdaptedFrames
 from clipva.checkpoints import ResumeState, save_head
 from clipva.encoder import encode_images, load_clip
 from clipva.errors import ConfigError
 from clipva.extract import extract_features
+from clipva.feature_sources import AdaptedFrames
 from clipva.frames import FrameWindows
 from clipva.head import HeadConfig, TemporalHead
 from clipva.lora import add_adapters, export_merged, load_adapters, save_adapters
@@ -238,19 +238,20 @@ def test_clip_features_are_encoded_once_until_the_adapters_train(demo_root):
 
 
 def test_auto_frame_budget_follows_memory_and_checkpointing(monkeypatch):
-    import clipva.backbones as backbones
+    import clipva.feature_sources as feature_sources
 
     clip = load_clip("clipva-tiny", None, "fp32", "cpu")
     visual = add_adapters(clip, LORA)
-    per_frame = backbones.activation_bytes_per_frame(visual, False)
+    per_frame = feature_sources.activation_bytes_per_frame(visual, False)
     assert per_frame == 17 * 64 * 24 * 2  # 4x4 patches + class token, width 64, 2 blocks
-    assert backbones.activation_bytes_per_frame(visual, True) < per_frame
-    monkeypatch.setattr(backbones, "available_memory", lambda device: 1 << 30)
+    assert feature_sources.activation_bytes_per_frame(visual, True) < per_frame
+    monkeypatch.setattr(feature_sources, "available_memory", lambda device: 1 << 30)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert backbones.frame_budget("auto", visual, cpu, False) == int(0.25 * (1 << 30) / per_frame)
-    assert backbones.frame_budget("auto", visual, cuda, False) == int(0.7 * (1 << 30) / per_frame)
-    assert backbones.frame_budget("auto", visual, cuda, True) > backbones.frame_budget("auto", visual, cuda, False)
-    assert backbones.frame_budget(16, visual, cuda, False) == 16
+    assert feature_sources.frame_budget("auto", visual, cpu, False) == int(0.25 * (1 << 30) / per_frame)
+    assert feature_sources.frame_budget("auto", visual, cuda, False) == int(0.7 * (1 << 30) / per_frame)
+    budget = feature_sources.frame_budget
+    assert budget("auto", visual, cuda, True) > budget("auto", visual, cuda, False)
+    assert feature_sources.frame_budget(16, visual, cuda, False) == 16
 
 
 def test_a_step_too_large_for_memory_is_refused_before_it_runs(demo_root):

@@ -248,7 +248,7 @@ def test_a_grad_scaler_steps_as_without_it_and_skips_overflowed_steps():
 
 
 def test_only_fp16_on_a_gpu_scales_gradients(monkeypatch):
-    from clipva.backbones import AdaptedFrames, CachedFeatures
+    from clipva.feature_sources import AdaptedFrames, CachedFeatures
 
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)  # as on a GPU
 

@@ -165,13 +165,13 @@ def _create(model: str, source: str | None, prec: str, dev: torch.device, pretra
 
 
 @torch.no_grad()
-def encode_images(clip: LoadedClip, images: torch.Tensor) -> torch.Tensor:
+def encode_images(encoder: LoadedClip, images: torch.Tensor) -> torch.Tensor:
     """CLIP image embeddings (not normalised) as float32, for a batch of preprocessed images."""
-    images = images.to(clip.device, dtype=clip.dtype, non_blocking=True)
-    return clip.model.encode_image(images).float()
+    images = images.to(encoder.device, dtype=encoder.dtype, non_blocking=True)
+    return encoder.model.encode_image(images).float()
 
 
 @torch.no_grad()
-def encode_texts(clip: LoadedClip, texts: list[str]) -> torch.Tensor:
-    tokens = clip.tokenizer(texts).to(clip.device)
-    return clip.model.encode_text(tokens).float()
+def encode_texts(encoder: LoadedClip, texts: list[str]) -> torch.Tensor:
+    tokens = encoder.tokenizer(texts).to(encoder.device)
+    return encoder.model.encode_text(tokens).float()

@@ -13,9 +13,9 @@ import logging
 import pandas as pd
 
 from clipva.atomic import write_csv, write_text
-from clipva.backbones import backbone_of
 from clipva.checkpoints import load_head
 from clipva.evaluation import baselines, metrics_on_test_split
+from clipva.feature_sources import backbone_of
 from clipva.sequences import load_splits, predictions_table
 
 log = logging.getLogger(__name__)

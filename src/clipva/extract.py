@@ -95,7 +95,7 @@ def shard_clips(clip_ids: list[str], shards: int, shard: int) -> list[str]:
 def extract_features(
     frames: pd.DataFrame,
     out_path: str,
-    clip: LoadedClip,
+    encoder: LoadedClip,
     face_crop: dict,
     pretrained: str | None,
     batch_size: int = 64,
@@ -111,12 +111,12 @@ def extract_features(
     ``skipped`` attribute (read it as FeatureStore.skipped).
     """
     frames = frames.sort_values(["clip_id", "frame"], kind="stable").reset_index(drop=True)
-    dataset = FrameCrops(frames, clip.preprocess, face_crop, skip_bad=on_bad_input == "skip")
+    dataset = FrameCrops(frames, encoder.preprocess, face_crop, skip_bad=on_bad_input == "skip")
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        pin_memory=clip.device.type == "cuda",
+        pin_memory=encoder.device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
@@ -125,12 +125,12 @@ def extract_features(
     start = time.perf_counter()
     with atomic_h5(out_path) as f:
         f.attrs.update(
-            model=clip.model_name,
+            model=encoder.model_name,
             pretrained=str(pretrained),
-            precision=clip.precision,
+            precision=encoder.precision,
             face_crop=json.dumps(face_crop, sort_keys=True),
             clipva_version=__version__,
-            embed_dim=int(clip.embed_dim),
+            embed_dim=int(encoder.embed_dim),
         )
         f.create_group("clips")
         pending: list[np.ndarray] = []  # embeddings of rows first.. not yet written
@@ -139,7 +139,7 @@ def extract_features(
         next_end, first = 0, 0
         bar = tqdm(total=len(frames), unit="frame", disable=not progress, mininterval=5, smoothing=0.1)
         for images, rows, problems in loader:
-            pending.append(encode_images(clip, images).cpu().numpy())
+            pending.append(encode_images(encoder, images).cpu().numpy())
             bad.update((int(r), p) for r, p in zip(rows, problems, strict=True) if p)
             bar.update(len(rows))
             while next_end < len(ends) and ends[next_end] <= int(rows[-1]):
@@ -197,13 +197,23 @@ def extract_features(
 
 
 def extract_shard(
-    frames_csv: str, shards: int, shard: int, clip: dict, face_crop: dict, out: str, workers, threads: int, **options
+    frames_csv: str,
+    shards: int,
+    shard: int,
+    clip_settings: dict,
+    face_crop: dict,
+    out: str,
+    workers,
+    threads: int,
+    **options,
 ) -> dict:
     """`extract_features` of shard `shard` of `shards` of the index `frames_csv`, with CLIP of the config's
     ``clip`` section; `workers` is the ``features.workers`` setting for a job of `threads` threads."""
     frames = read_frames(frames_csv)
     ids = shard_clips(frames["clip_id"].unique().tolist(), shards, shard)
-    model = load_clip_from(clip)
-    num_workers = decode_workers(workers, threads, model.device)
+    encoder = load_clip_from(clip_settings)
+    num_workers = decode_workers(workers, threads, encoder.device)
     chosen = frames[frames["clip_id"].isin(ids)]
-    return extract_features(chosen, out, model, face_crop, clip["pretrained"], num_workers=num_workers, **options)
+    return extract_features(
+        chosen, out, encoder, face_crop, clip_settings["pretrained"], num_workers=num_workers, **options
+    )

@@ -102,11 +102,11 @@ def frame_budget(setting: int | str, visual: torch.nn.Module, device: torch.devi
 class AdaptedFrames:
     """The image tower with LoRA adapters, run on face crops decoded by DataLoader workers."""
 
-    def __init__(self, clip: LoadedClip, visual: torch.nn.Module, frames: pd.DataFrame, face_crop: dict, cfg: dict):
+    def __init__(self, encoder: LoadedClip, visual: torch.nn.Module, frames: pd.DataFrame, face_crop: dict, cfg: dict):
         """`visual` is clip's image tower with adapters; crops use clip's preprocessing, frames its precision."""
-        self.clip, self.visual, self.face_crop = clip, visual, face_crop
+        self.encoder, self.visual, self.face_crop = encoder, visual, face_crop
         self.frames = frames.set_index(["clip_id", "frame"]).sort_index()  # once, not per loader
-        self.preprocess, self.dtype, self.device = clip.preprocess, clip.dtype, clip.device
+        self.preprocess, self.dtype, self.device = encoder.preprocess, encoder.dtype, encoder.device
         self.lr, self.cfg = cfg["lr"], cfg
         self.workers = decode_workers(cfg["num_workers"], torch.get_num_threads(), self.device)
         self.max_frames = frame_budget(cfg["max_frames_per_step"], visual, self.device, cfg["grad_checkpointing"])
@@ -209,9 +209,9 @@ def lora_backbone(
     from clipva.encoder import load_clip_from
     from clipva.lora import add_adapters, load_adapters
 
-    clip = load_clip_from(clip_settings)
-    visual = add_adapters(clip, lora, adapter_dir) if trainable else load_adapters(clip, adapter_dir)
-    return AdaptedFrames(clip, visual.to(clip.device), read_frames(frames_csv), face_crop, lora)
+    encoder = load_clip_from(clip_settings)
+    visual = add_adapters(encoder, lora, adapter_dir) if trainable else load_adapters(encoder, adapter_dir)
+    return AdaptedFrames(encoder, visual.to(encoder.device), read_frames(frames_csv), face_crop, lora)
 
 
 def backbone_of(

@@ -76,19 +76,19 @@ def _set_dropout(visual: PeftModel, p: float) -> None:
                 dropouts[name] = nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-def add_adapters(clip: LoadedClip, cfg: dict, adapter_dir: str | Path | None = None) -> PeftModel:
+def add_adapters(encoder: LoadedClip, cfg: dict, adapter_dir: str | Path | None = None) -> PeftModel:
     """Freeze the whole CLIP model and wrap its image tower with LoRA adapters (new, or loaded from
     `adapter_dir` to continue training). Returns the adapted image tower."""
-    for p in clip.model.parameters():
+    for p in encoder.model.parameters():
         p.requires_grad_(False)
     # open_clip checkpoints each residual block, so activations are kept for one block at a time
-    clip.model.visual.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
+    encoder.model.visual.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
     try:
         if adapter_dir is not None:
             _warn_if_merging(adapter_dir)
-            visual = PeftModel.from_pretrained(clip.model.visual, str(adapter_dir), is_trainable=True)
+            visual = PeftModel.from_pretrained(encoder.model.visual, str(adapter_dir), is_trainable=True)
         else:
-            visual = get_peft_model(clip.model.visual, lora_config(cfg))
+            visual = get_peft_model(encoder.model.visual, lora_config(cfg))
     except ValueError as err:
         raise ConfigError(f"lora.target_modules: {err}") from None
     _set_dropout(visual, cfg["dropout"])
@@ -99,12 +99,12 @@ def add_adapters(clip: LoadedClip, cfg: dict, adapter_dir: str | Path | None = N
     return visual
 
 
-def load_adapters(clip: LoadedClip, adapter_dir: str | Path) -> PeftModel:
+def load_adapters(encoder: LoadedClip, adapter_dir: str | Path) -> PeftModel:
     """The image tower with saved adapters, for inference."""
-    for p in clip.model.parameters():
+    for p in encoder.model.parameters():
         p.requires_grad_(False)
     _warn_if_merging(adapter_dir)
-    visual = PeftModel.from_pretrained(clip.model.visual, str(adapter_dir), is_trainable=False)
+    visual = PeftModel.from_pretrained(encoder.model.visual, str(adapter_dir), is_trainable=False)
     return visual.eval()
 
 
@@ -143,6 +143,6 @@ def export_merged(model: str, pretrained: str | None, adapter_dir: str | Path, p
     rounding."""
     from clipva.encoder import load_clip
 
-    clip = load_clip(model, pretrained, "fp32", "cpu")
-    clip.model.visual = load_adapters(clip, adapter_dir).merge_and_unload()
-    atomic_save(clip.model.state_dict(), path)
+    encoder = load_clip(model, pretrained, "fp32", "cpu")
+    encoder.model.visual = load_adapters(encoder, adapter_dir).merge_and_unload()
+    atomic_save(encoder.model.state_dict(), path)

@@ -41,7 +41,7 @@ COLUMNS = ["time", "frame", "valence", "arousal", "face_found"]
 
 @dataclass
 class Model:
-    clip: LoadedClip
+    encoder: LoadedClip
     visual: torch.nn.Module | None  # the image tower with adapters (LoRA), or None: clip's own tower
     head: TemporalHead
     window: dict
@@ -52,24 +52,24 @@ def load_model(model_dir: str | Path) -> Model:
     """A model folder (`clipva.model_folder`) ready to predict on this machine's device."""
     model_dir = Path(model_dir)
     doc = read_model_config(model_dir)
-    clip = load_clip_from(doc["clip"])
+    encoder = load_clip_from(doc["clip"])
     visual = None
     if doc["backbone"] == "lora":
         from clipva.lora import load_adapters
 
-        visual = load_adapters(clip, model_dir / ADAPTER_DIR).to(clip.device)
-    head = load_head_weights(model_dir, doc["head"], clip.device)
-    return Model(clip, visual, head, doc["window"], doc["face_crop"])
+        visual = load_adapters(encoder, model_dir / ADAPTER_DIR).to(encoder.device)
+    head = load_head_weights(model_dir, doc["head"], encoder.device)
+    return Model(encoder, visual, head, doc["window"], doc["face_crop"])
 
 
 @torch.no_grad()
 def _encode(model: Model, crops: list) -> np.ndarray:
-    images = torch.stack([model.clip.preprocess(c) for c in crops])
+    images = torch.stack([model.encoder.preprocess(c) for c in crops])
     if model.visual is None:
-        return encode_images(model.clip, images).cpu().numpy()
+        return encode_images(model.encoder, images).cpu().numpy()
     from clipva.lora import encode_frames
 
-    return encode_frames(model.visual, images, model.clip.dtype).cpu().numpy()
+    return encode_frames(model.visual, images, model.encoder.dtype).cpu().numpy()
 
 
 def predict_video(

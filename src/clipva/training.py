@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from clipva.atomic import write_text
-from clipva.backbones import CachedFeatures, backbone_of
 from clipva.baselines import RIDGE_ALPHAS, ridge_solutions
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
+from clipva.feature_sources import CachedFeatures, backbone_of
 from clipva.head import HeadConfig, TemporalHead, frame_feature_augment
 from clipva.lora import export_merged, save_adapters
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss

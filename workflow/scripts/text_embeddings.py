@@ -7,10 +7,10 @@ from clipva.prompts import emotion_prompts
 
 
 def main(smk):
-    clip = load_clip_from(smk.params.clip)
+    encoder = load_clip_from(smk.params.clip)
     prompts = emotion_prompts(int(smk.wildcards.bins))
     with atomic_path(smk.output[0]) as tmp:
-        np.savez(tmp, embeddings=encode_texts(clip, prompts).cpu().numpy(), prompts=np.array(prompts))
+        np.savez(tmp, embeddings=encode_texts(encoder, prompts).cpu().numpy(), prompts=np.array(prompts))
     log.info("text embeddings of %d emotion descriptions", len(prompts))
 
 
