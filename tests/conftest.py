@@ -170,14 +170,11 @@ def pytest_collection_modifyitems(config, items):
     in at the end. Tests marked gpu need a CUDA device: skipped without one."""
     import torch
 
-    def rank(item: pytest.Item) -> int:
-        marks = {m.name for i in modules[item.module.__name__] for m in i.iter_markers()}
-        return 0 if "slurm" in marks else 1 if marks & {"e2e", "slow"} else 2
-
-    modules: dict[str, list[pytest.Item]] = {}
+    marks: dict[str, set[str]] = {}  # module -> the marks of its tests
     for item in items:
-        modules.setdefault(item.module.__name__, []).append(item)
-    items.sort(key=rank)
+        marks.setdefault(item.module.__name__, set()).update(m.name for m in item.iter_markers())
+    rank = {module: 0 if "slurm" in m else 1 if m & {"e2e", "slow"} else 2 for module, m in marks.items()}
+    items.sort(key=lambda item: rank[item.module.__name__])
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

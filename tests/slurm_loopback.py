@@ -5,7 +5,7 @@ Used by tests/test_slurm.py, and by hand to run the README's cluster commands as
     sudo .venv/bin/python tests/slurm_loopback.py     # starts the cluster; Ctrl-C (or SIGTERM) stops it
 
 The node declares more CPUs than the machine has (`SlurmdParameters=config_overrides`), so the rules'
-thread counts (extraction asks for 4) schedule as they would on a real node, and NODE_GPUS fake GPUs through gres.
+thread counts (extraction asks for 4) schedule as they would on a real node, and one fake GPU through gres.
 See shared/reference/slurm-on-loopback.md for the traps this avoids.
 """
 
@@ -24,7 +24,6 @@ from pathlib import Path
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 CONF = Path("/etc/slurm/slurm.conf")
 NODE_CPUS = 8
-NODE_GPUS = 4  # declared, not real: the GPU rules' jobs run side by side as on a GPU node
 
 
 class Unavailable(RuntimeError):
@@ -79,7 +78,7 @@ SlurmctldLogFile={tmp}/log/slurmctld.log
 SlurmdLogFile={tmp}/log/slurmd.log
 SlurmctldDebug=info
 MinJobAge=3600
-NodeName={node} CPUs={NODE_CPUS} {memory} NodeAddr=127.0.0.1 Gres=gpu:{NODE_GPUS} State=UNKNOWN
+NodeName={node} CPUs={NODE_CPUS} {memory} NodeAddr=127.0.0.1 Gres=gpu:1 State=UNKNOWN
 PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -110,9 +109,7 @@ def loopback_cluster(tmp: Path):
             (tmp / d).mkdir(parents=True, exist_ok=True)
         CONF.parent.mkdir(parents=True, exist_ok=True)
         CONF.write_text(_slurm_conf(node, memory, tmp))
-        # one device file per GPU, any that exist: slurmd counts the files (nothing opens them, TaskPlugin=task/none)
-        devices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"][:NODE_GPUS]
-        CONF.with_name("gres.conf").write_text("".join(f"NodeName={node} Name=gpu File={d}\n" for d in devices))
+        CONF.with_name("gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/null\n")
         procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], **quiet))
         procs.append(subprocess.Popen(["slurmd", "-D"], **quiet))
         _wait(

@@ -203,9 +203,9 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(built
     for part in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / part, copies[0] / part)
     shutil.copytree(copies[0], copies[1])  # the same bytes (and times), whatever is edited in REPO meanwhile
+    copy_built(built, work)  # the main job done: the folds, tuning, videos and prediction are what is new
     # one video to predict on, and one annotated video: convert_videos reads the folder dataset.root names,
     # here work/demo (the index reads the generated demo, dataset.root "demo"), and is built as a target
-    copy_built(built, work)  # the main job done: the folds, tuning, videos and prediction are what is new
     faces = tmp_path / "faces"
     make_demo(faces, n_clips=2, n_actors=2, min_frames=8, max_frames=10, seed=3)
     first, second = sorted(p for p in faces.iterdir() if p.is_dir())

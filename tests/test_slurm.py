@@ -66,11 +66,6 @@ def _jobs() -> list[str]:
     return [line for line in out.splitlines() if "Comment=rule_" in line]
 
 
-# The profile asks 16 GB for an extraction job, so the test node (the machine's memory) holds one at a time; the tiny
-# demo's take little, and with 2 threads the 8 shards run 4 at a time on the node's 4 declared GPUs.
-SMALL_SHARDS = ["--set-resources", "extract_features:mem_mb=2000", "--set-threads", "extract_features=2"]
-
-
 def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster, built, tmp_path):
     commands = readme_cluster_commands()
     assert commands[0] == ".venv/bin/snakemake --profile profiles/slurm results/submission.csv"
@@ -83,9 +78,7 @@ def test_readme_cluster_commands_run_through_slurm_and_equal_a_local_run(cluster
         if not line.startswith(".venv/bin/snakemake"):
             subprocess.run(line, shell=True, cwd=remote, check=True)  # e.g. writing shards.yaml
             continue
-        proc = subprocess.run(
-            as_test(line, remote, config) + SMALL_SHARDS, cwd=remote, capture_output=True, text=True, timeout=960
-        )
+        proc = subprocess.run(as_test(line, remote, config), cwd=remote, capture_output=True, text=True, timeout=960)
         assert proc.returncode == 0, line + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
         seen.update((job.split()[0], job) for job in _jobs() if job.split()[0] not in before)
         if line == commands[0]:
