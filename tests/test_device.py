@@ -18,6 +18,7 @@ from clipva.lora import add_adapters
 from clipva.losses import regression_loss, temporal_contrastive_loss, vision_language_loss
 from clipva.sequences import predict_clip, predictions_table
 from clipva.training import finetune, init_linear_from_ridge, pretrain, validation_ccc
+from clipva.windows import Window
 
 CPU = torch.device("cpu")
 
@@ -57,7 +58,7 @@ def test_head_and_losses_run_on_the_device():
         temporal_contrastive_loss(pooled, pooled.flip(0), 0.1, torch.arange(4, device=cuda)).backward(retain_graph=True)
         text = torch.randn(9, 16, device=cuda)
         vision_language_loss(pooled, text, torch.tensor([0, 3, 3, 8], device=cuda)).backward()
-        assert predict_clip(head, np.random.default_rng(0).normal(size=(40, 16)), 12, 6).shape == (40, 2)
+        assert predict_clip(head, np.random.default_rng(0).normal(size=(40, 16)), Window(12, 6)).shape == (40, 2)
 
 
 def test_ridge_start_runs_on_the_device(data):
@@ -80,7 +81,7 @@ def test_pretraining_and_finetuning_run_on_the_device_as_on_the_host(data):
             tuned, history, best = finetune(
                 data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 2}, device=device
             )
-            table = predictions_table(tuned.to(device), data["val"], "val", WINDOW["window"], WINDOW["stride"])
+            table = predictions_table(tuned.to(device), data["val"], "val", WINDOW)
             runs[name] = (pre, history, table)
     # the simulated device computes on the host: the same numbers (to rounding), so nothing was skipped
     for k in (0, 1):
@@ -118,7 +119,7 @@ def test_a_lora_step_and_its_evaluation_run_on_the_device(demo_root):
         backbone = AdaptedFrames(clip, visual, frames, crop, lora)
         head = _head(64)
         head.set_feature_stats(torch.randn(50, 64))
-        cfg, window = {**FINETUNE, "epochs": 1, "batch_size": 2}, {"window": 6, "stride": 3}
+        cfg, window = {**FINETUNE, "epochs": 1, "batch_size": 2}, Window(6, 3)
         _, history, _ = finetune(clips[:3], clips[3:], head, window, cfg, device=cuda, backbone=backbone)
         assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
         assert np.isfinite(validation_ccc(head.to(cuda), clips[3:], window, backbone)["mean"])

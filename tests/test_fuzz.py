@@ -38,7 +38,8 @@ from clipva.errors import BadInputError, ClipvaError, ConfigError
 from clipva.head import HeadConfig, TemporalHead
 from clipva.model_folder import MODEL_FILE, check_files, export_model, load_head_weights, read_model_config
 from clipva.predict import load_model
-from clipva.settings import check_finite
+from clipva.settings import check_config
+from clipva.windows import Window
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -382,14 +383,14 @@ def test_config_is_valid_or_refused_with_the_key_named(edits):
         node[path[-1]] = value
     try:
         validate(config, str(SCHEMA))
-        check_finite(config)
+        check_config(config)
     except WorkflowError as err:
         assert "On instance" in str(err) or "ValidationError" in str(err), err
         event("refused by the schema")
         return
     except ConfigError as err:
         assert str(err).startswith("config: ")
-        event("refused: not finite")
+        event("refused by clipva's own checks")
         return
     event("valid")
     runs = Path("/results/runs")  # every run's results folder is a folder of its own under results/runs
@@ -398,13 +399,17 @@ def test_config_is_valid_or_refused_with_the_key_named(edits):
     assert all(isinstance(x, int | float | str | bool | type(None) | list | dict) for x in config.values())
 
 
-def test_config_with_nan_or_a_run_named_dot_dot_is_refused():
+def test_config_with_nan_a_stride_beyond_the_window_or_a_run_named_dot_dot_is_refused():
     for section, key, value in (("finetune", "lr", math.inf), ("split", "fractions", {"train": math.nan})):
         config = copy.deepcopy(DEFAULT_CONFIG)
         config[section][key] = value if key == "lr" else {**config[section][key], **value}
         validate(config, str(SCHEMA))  # the schema lets NaN and infinity through...
         with pytest.raises(ConfigError, match=r"config: (finetune\.lr|split\.fractions\.train): not a finite"):
-            check_finite(config)  # ...clipva does not
+            check_config(config)  # ...clipva does not
+    wide = {**copy.deepcopy(DEFAULT_CONFIG), "head": {**DEFAULT_CONFIG["head"], "window": 8, "stride": 9}}
+    validate(wide, str(SCHEMA))  # nor can the schema compare two settings
+    with pytest.raises(ConfigError, match=r"head\.stride \(9\) is larger than head\.window \(8\)"):
+        check_config(wide)
     for name in ("..", ".", ".x"):
         with pytest.raises(WorkflowError):
             validate({**copy.deepcopy(DEFAULT_CONFIG), "run": name}, str(SCHEMA))
@@ -443,7 +448,7 @@ model_docs = st.fixed_dictionaries(
             st.sampled_from(["transformer", "conv", "gru", "none"]),
             st.booleans(),
         ),
-        "window": st.fixed_dictionaries({"window": st.integers(1, 64), "stride": st.integers(1, 64)}),
+        "window": st.integers(1, 64).flatmap(lambda n: st.builds(dict, window=st.just(n), stride=st.integers(1, n))),
     },
 )  # valid ones; `files` changes some values, `escaping_docs` points the weights out of the folder
 escaping_docs = st.builds(
@@ -490,6 +495,7 @@ def test_model_config_reader_keeps_weights_inside_the_folder_or_names_the_file(f
             assert doc["backbone"] in ("frozen", "lora") and doc["face_crop"]["method"] in ("landmarks", "none")
             assert math.isfinite(doc["face_crop"]["margin"]) and isinstance(doc["head"], HeadConfig)
             TemporalHead(doc["head"])
+            assert isinstance(doc["window"], Window)
         del before["model/link.safetensors"]
         assert _snapshot(Path(tmp)) == before
 
@@ -554,7 +560,7 @@ def test_frame_or_annotation_linking_out_of_the_root_is_not_read(tmp_path):
 def _exported(tmp_path: Path, pretrained: str | None = None) -> Path:
     """A model folder exported from a real (untrained) head checkpoint."""
     head = TemporalHead(HeadConfig(**HEAD))
-    save_head(tmp_path / "best.pt", head, {"window": 16, "stride": 8})
+    save_head(tmp_path / "best.pt", head, Window(16, 8))
     settings = {
         "clip": {"model": "clipva-tiny", "pretrained": pretrained, "precision": "fp32"},
         "face_crop": {"method": "landmarks", "margin": 0.2},
@@ -604,7 +610,12 @@ def test_exported_model_holds_no_pickle_and_loads_the_same_head(tmp_path):
     loaded = load_head_weights(model, doc["head"], torch.device("cpu"))
     x = torch.randn(2, 16, 8)
     torch.testing.assert_close(loaded(x), head.eval()(x), rtol=0, atol=0)
-    assert doc["window"] == {"window": 16, "stride": 8}
+    assert doc["window"] == Window(16, 8)
+    assert json.loads((model / MODEL_FILE).read_text())["window"] == {"window": 16, "stride": 8}
+    doc = json.loads((model / MODEL_FILE).read_text())
+    (model / MODEL_FILE).write_text(json.dumps({**doc, "window": {"window": 8, "stride": 9}}))
+    with pytest.raises(BadInputError, match=r"model\.json: window .*1 <= stride <= window"):
+        read_model_config(model)  # the frames between two windows would get no prediction
     card = (model / "README.md").read_text()
     assert "Intended use" in card and "clipva-tiny" in card and "random initialisation" in card
 

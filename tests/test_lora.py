@@ -17,6 +17,7 @@ from clipva.model_folder import export_model
 from clipva.predict import load_model
 from clipva.store import ClipFeatures, FeatureStore
 from clipva.training import finetune, validation_ccc
+from clipva.windows import Window
 
 LORA = {
     "r": 4,
@@ -121,7 +122,7 @@ def test_a_step_moves_the_adapters_and_changes_the_outputs(tmp_path):
 
     # in a shareable model folder: safetensors and JSON only, and the same adapted tower once loaded
     in_dim = load_clip("clipva-tiny", None, "fp32", "cpu").embed_dim
-    save_head(tmp_path / "best.pt", TemporalHead(HeadConfig(in_dim, 8, 1, 2, embed_dim=8)), {"window": 8, "stride": 4})
+    save_head(tmp_path / "best.pt", TemporalHead(HeadConfig(in_dim, 8, 1, 2, embed_dim=8)), Window(8, 4))
     settings = {
         "clip": {"model": "clipva-tiny", "pretrained": None, "precision": "fp32"},
         "face_crop": {"method": "none", "margin": 0.0},
@@ -175,7 +176,7 @@ def test_finetuning_with_lora_trains_the_adapters(demo_root, tmp_path):
         "seed": 0,
         "linear_init": False,
     }
-    window = {"window": 8, "stride": 4}
+    window = Window(8, 4)
     resume = ResumeState(tmp_path / "state.pt", "test")
     tuned, history, best = finetune(train, val, head, window, cfg, resume, backbone=backbone)
     assert len(history) == 2

@@ -12,8 +12,9 @@ from clipva.prompts import emotion_bins, emotion_prompts
 from clipva.sequences import predict_clip
 from clipva.store import ClipFeatures
 from clipva.training import finetune, init_linear_from_ridge, pretrain, validation_ccc
+from clipva.windows import Window
 
-WINDOW = {"window": 12, "stride": 6}
+WINDOW = Window(12, 6)
 PRETRAIN = {
     "epochs": 2,
     "objectives": ["vision_language", "temporal"],
@@ -99,7 +100,7 @@ def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data):
     assert best["val_mean_ccc"] >= start["val_mean_ccc"]
     test = data["test"]
     smoothed = ridge_baselines(data["train"], data["val"], test)["smoothed_ridge_probe"]
-    pred = [predict_clip(tuned, c.features, WINDOW["window"], WINDOW["stride"]) for c in test]
+    pred = [predict_clip(tuned, c.features, WINDOW) for c in test]
     assert validation_ccc(tuned, test, WINDOW)["mean"] > smoothed["test"]["mean_ccc"] + 0.01
     change = lambda v: np.nanmean(np.abs(np.diff(v, axis=0)))  # noqa: E731
     ratio = np.mean([change(p) for p in pred]) / np.mean([change(c.labels) / 10 for c in test])
@@ -115,7 +116,7 @@ def test_a_head_saved_before_smoothing_existed_loads_as_it_was(tmp_path):
     torch.nn.init.normal_(old.linear.weight, 0, 3.0)
     config = {k: v for k, v in asdict(old.cfg).items() if k not in ("type", "smoothing", "output")}
     state = {k: v for k, v in old.state_dict().items() if k != "log_sigma"}
-    torch.save({"head_config": config, "window": WINDOW, "state_dict": state}, tmp_path / "old.pt")
+    torch.save({"head_config": config, "window": WINDOW.to_dict(), "state_dict": state}, tmp_path / "old.pt")
     loaded, _ = load_head(tmp_path / "old.pt")
     x = torch.randn(1, 10, 16)
     assert loaded.cfg.output == "tanh" and not loaded.cfg.smoothing
@@ -195,7 +196,7 @@ def test_accumulating_two_half_batches_equals_one_full_batch():
     assert [r["val_mean_ccc"] for r in halves_hist] == pytest.approx([r["val_mean_ccc"] for r in full_hist], abs=1e-6)
 
     def outputs(head):
-        return np.concatenate([predict_clip(head, c.features, 12, 6) for c in val])
+        return np.concatenate([predict_clip(head, c.features, Window(12, 6)) for c in val])
 
     # the same predictions (parameters too, except the attention's key bias: its gradient is zero in exact
     # arithmetic, so Adam turns float noise there into steps that change no output)

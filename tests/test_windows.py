@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipva.windows import merge_windows, random_window, window_starts
+from clipva.windows import Window, merge_windows, random_window, window_starts
 
 CASES = [
     (n, length, stride)
@@ -102,3 +102,11 @@ def test_random_window():
     assert random_window(8, 8, rng) == (0, 8)
     with pytest.raises(ValueError):
         random_window(0, 8, rng)
+
+
+def test_a_window_checks_its_stride_and_keeps_its_saved_form():
+    window = Window.from_dict({"window": 16, "stride": 8})
+    assert (window.length, window.stride) == (16, 8) and window.to_dict() == {"window": 16, "stride": 8}
+    for length, stride in ((8, 9), (0, 1), (8, 0)):
+        with pytest.raises(ValueError, match="1 <= stride <= window"):
+            Window(length, stride)

@@ -17,6 +17,7 @@ import torch
 
 from clipva.atomic import write_bytes
 from clipva.head import HeadConfig, TemporalHead
+from clipva.windows import Window
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
@@ -27,12 +28,14 @@ def atomic_save(obj: dict, path: str | Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def save_head(path: str | Path, head: TemporalHead, window: dict, **extra) -> None:
-    """The head's weights with its architecture and window settings (needed to rebuild and apply it)."""
-    atomic_save({"head_config": asdict(head.cfg), "window": window, "state_dict": head.state_dict(), **extra}, path)
+def save_head(path: str | Path, head: TemporalHead, window: Window, **extra) -> None:
+    """The head's weights with its architecture and window (needed to rebuild and apply it)."""
+    saved = {"head_config": asdict(head.cfg), "window": window.to_dict(), "state_dict": head.state_dict()}
+    atomic_save({**saved, **extra}, path)
 
 
 def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[TemporalHead, dict]:
+    """(the head, the checkpoint's content with its ``window`` as a Window)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     # heads saved before the encoder types, the smoothing and the linear output existed were tanh transformers
     cfg = {"type": "transformer", "smoothing": False, "output": "tanh", **ckpt["head_config"]}
@@ -41,7 +44,7 @@ def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tem
     if "log_sigma" not in state:
         state = {**state, "log_sigma": head.log_sigma.detach()}
     head.load_state_dict(state)
-    return head, ckpt
+    return head, {**ckpt, "window": Window.from_dict(ckpt["window"])}
 
 
 def fingerprint(config: dict, inputs: list[str]) -> str:

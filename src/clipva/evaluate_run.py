@@ -32,7 +32,6 @@ def evaluate_run(
     """
     data = load_splits(features, clips, ("train", "val", "test", "unlabeled"))
     head, ckpt = load_head(head_path)
-    window = ckpt["window"]
     predicted = data
     tower = backbone_of(backbone, frames, adapter, trainable=False)
     if tower is not None:
@@ -41,11 +40,7 @@ def evaluate_run(
         for split in ("test", "unlabeled"):
             encoded = tower.features_of(data[split])
             predicted[split] = [dataclasses.replace(c, features=f) for c, f in zip(data[split], encoded, strict=True)]
-    tables = [
-        predictions_table(head, predicted[s], s, window["window"], window["stride"])
-        for s in ("test", "unlabeled")
-        if predicted[s]
-    ]
+    tables = [predictions_table(head, predicted[s], s, ckpt["window"]) for s in ("test", "unlabeled") if predicted[s]]
     predictions = pd.concat(tables, ignore_index=True)
     metrics = metrics_on_test_split(predictions)
     metrics["baselines"] = baselines(data["train"], data["val"], data["test"])

@@ -32,6 +32,7 @@ from clipva.encoder import PRECISIONS, register_model_configs
 from clipva.errors import BadInputError, ConfigError
 from clipva.head import HeadConfig, TemporalHead
 from clipva.jobs import DIRECTORY_STAMP, export_hint
+from clipva.windows import Window
 
 FORMAT, VERSION = "clipva-model", 1
 MODEL_FILE = "model.json"
@@ -182,7 +183,7 @@ def check_files(model_dir: Path) -> None:
             )
 
 
-def _checked_head(doc_path: Path, head: object, window: object) -> tuple[HeadConfig, dict]:
+def _checked_head(doc_path: Path, head: object, window: object) -> tuple[HeadConfig, Window]:
     known = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(HeadConfig)}
     if not isinstance(head, dict) or not set(head) <= set(known) or "in_dim" not in head:
         raise _problem(doc_path, f"head {short_repr(head)} is not a head architecture")
@@ -194,11 +195,15 @@ def _checked_head(doc_path: Path, head: object, window: object) -> tuple[HeadCon
     if not isinstance(window, dict) or set(window) != {"window", "stride"} or len(frames) != 2:
         raise _problem(doc_path, f"window {short_repr(window)} is not {{window, stride}} in frames")
     try:
+        checked = Window.from_dict(window)
+    except ValueError as err:
+        raise _problem(doc_path, f"window {short_repr(window)}: {err}") from None
+    try:
         cfg = HeadConfig(**head)
         TemporalHead(cfg)  # checks the architecture (sizes, type) before any weight is read
     except Exception as err:  # the head's own checks raise several types
         raise _problem(doc_path, f"head {short_repr(head, 80)} cannot be built ({err})") from None
-    return cfg, dict(window)
+    return cfg, checked
 
 
 def read_model_config(model_dir: str | Path) -> dict:

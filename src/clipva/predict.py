@@ -33,6 +33,7 @@ from clipva.head import TemporalHead
 from clipva.model_folder import ADAPTER_DIR, load_head_weights, read_model_config
 from clipva.plots import video_curves
 from clipva.sequences import VA_SCALE, predict_clip
+from clipva.windows import Window
 
 log = logging.getLogger(__name__)
 NO_FACE = ("interpolate", "empty")
@@ -44,7 +45,7 @@ class Model:
     encoder: LoadedClip
     visual: torch.nn.Module | None  # the image tower with adapters (LoRA), or None: clip's own tower
     head: TemporalHead
-    window: dict
+    window: Window
     face_crop: dict
 
 
@@ -121,7 +122,7 @@ def predict_video(
     x = np.concatenate(features)
     if len(x) != len(times):
         raise BadInputError(f"{path}: decoded {len(x)} frames on the second pass, {len(times)} on the first")
-    pred = predict_clip(model.head, x, model.window["window"], model.window["stride"]) * VA_SCALE
+    pred = predict_clip(model.head, x, model.window) * VA_SCALE
     table[["valence", "arousal"]] = pred
     if no_face == "empty":
         table.loc[~found, ["valence", "arousal"]] = np.nan

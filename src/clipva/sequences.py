@@ -11,7 +11,7 @@ import torch
 from clipva.head import TemporalHead
 from clipva.splits import read_clips
 from clipva.store import ClipFeatures, FeatureStore
-from clipva.windows import merge_windows, random_window, window_starts
+from clipva.windows import Window, merge_windows, random_window, window_starts
 
 log = logging.getLogger(__name__)
 VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
@@ -58,13 +58,11 @@ def collate(clips: list[ClipFeatures], windows: list[tuple[int, int, int]]) -> d
     return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "mask": torch.from_numpy(mask)}
 
 
-def clip_windows(
-    features: np.ndarray, length: int, stride: int, device: torch.device
-) -> tuple[list[int], torch.Tensor]:
+def clip_windows(features: np.ndarray, window: Window, device: torch.device) -> tuple[list[int], torch.Tensor]:
     """The overlapping windows that predict a clip: (their starts, (n_windows, min(length, n_frames), D))."""
-    starts = window_starts(len(features), length, stride)
+    starts = window_starts(len(features), window.length, window.stride)
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
-    return starts, torch.stack([x[s : s + length] for s in starts])
+    return starts, torch.stack([x[s : s + window.length] for s in starts])
 
 
 def merge_predictions(n_frames: int, starts: list[int], preds: torch.Tensor) -> np.ndarray:
@@ -74,23 +72,21 @@ def merge_predictions(n_frames: int, starts: list[int], preds: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def predict_clip(head: TemporalHead, features: np.ndarray, length: int, stride: int) -> np.ndarray:
+def predict_clip(head: TemporalHead, features: np.ndarray, window: Window) -> np.ndarray:
     """Per-frame (n_frames, 2) predictions in [-1, 1]: overlapping windows merged back into one per frame.
     Computed on the head's device."""
     head.eval()
-    starts, windows = clip_windows(features, length, stride, head.feature_mean.device)
+    starts, windows = clip_windows(features, window, head.feature_mean.device)
     # one forward and one copy to the host per chunk of windows, not per window
     preds = torch.cat([head(chunk)[0] for chunk in windows.split(WINDOWS_PER_FORWARD)])
     return merge_predictions(len(features), starts, preds)
 
 
-def predictions_table(
-    head: TemporalHead, clips: list[ClipFeatures], split: str, length: int, stride: int
-) -> pd.DataFrame:
+def predictions_table(head: TemporalHead, clips: list[ClipFeatures], split: str, window: Window) -> pd.DataFrame:
     """Predictions and annotations of every frame of `clips`, on the annotation scale (-10..10)."""
     rows = []
     for clip in clips:
-        pred = predict_clip(head, clip.features, length, stride) * VA_SCALE
+        pred = predict_clip(head, clip.features, window) * VA_SCALE
         rows.append(
             pd.DataFrame(
                 {

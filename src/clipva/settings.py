@@ -1,7 +1,8 @@
 """Checks of a configuration that its JSON schema cannot express.
 
 JSON Schema's ``minimum``/``maximum`` let NaN through (every comparison with NaN is false), and YAML reads
-``.nan`` and ``.inf`` as numbers, so a schema-valid config can still hold a number no setting can use.
+``.nan`` and ``.inf`` as numbers, so a schema-valid config can still hold a number no setting can use. Nor
+can the schema compare two settings, such as the head's stride with its window.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 from clipva.errors import ConfigError
+from clipva.windows import Window
 
 
 def non_finite_keys(config: object, prefix: str = "") -> list[str]:
@@ -27,3 +29,18 @@ def check_finite(config: dict, where: str = "config") -> None:
     bad = non_finite_keys(config)
     if bad:
         raise ConfigError(f"{where}: {', '.join(bad)}: not a finite number (NaN and infinity are not settings)")
+
+
+def check_config(config: dict, where: str = "config") -> None:
+    """ConfigError for what a schema-valid config can still get wrong: non-finite numbers, and a head whose
+    stride is larger than its window (the frames between windows would get no prediction)."""
+    check_finite(config, where)
+    head = config.get("head", {})
+    if "window" in head and "stride" in head:
+        try:
+            Window.from_dict(head)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: head.stride ({head['stride']}) is larger than head.window ({head['window']}); "
+                "windows must overlap or touch, so set head.stride to at most head.window"
+            ) from None

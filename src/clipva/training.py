@@ -29,7 +29,7 @@ from clipva.metrics import ccc
 from clipva.prompts import emotion_bins
 from clipva.sequences import VA_SCALE, clip_windows, load_splits, merge_predictions, predict_clip, sample_windows
 from clipva.store import ClipFeatures
-from clipva.windows import random_window
+from clipva.windows import Window, random_window
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -107,12 +107,12 @@ class PretrainModel(nn.Module):
         self.to_text = nn.Linear(head.cfg.embed_dim, text_dim)
 
 
-def head_config(settings: dict, in_dim: int) -> tuple[HeadConfig, dict]:
-    """The config's `head` section -> (the head's architecture for `in_dim`-wide features, its window
-    {"window", "stride"}). The positional encoding covers at least the window."""
-    window = {"window": settings["window"], "stride": settings["stride"]}
-    arch = {k: v for k, v in settings.items() if k not in window}
-    return HeadConfig(in_dim=in_dim, max_len=max(256, window["window"]), **arch), window
+def head_config(settings: dict, in_dim: int) -> tuple[HeadConfig, Window]:
+    """The config's `head` section -> (the head's architecture for `in_dim`-wide features, its window).
+    The positional encoding covers at least the window."""
+    window = Window.from_dict(settings)
+    arch = {k: v for k, v in settings.items() if k not in ("window", "stride")}
+    return HeadConfig(in_dim=in_dim, max_len=max(256, window.length), **arch), window
 
 
 def new_head(cfg: HeadConfig, train: list[ClipFeatures]) -> TemporalHead:
@@ -132,7 +132,7 @@ def _optimizer(params: list, backbone, lr: float, weight_decay: float) -> torch.
 def pretrain(
     train: list[ClipFeatures],
     head_cfg: HeadConfig,
-    window: dict,
+    window: Window,
     cfg: dict,
     text_emb: np.ndarray | None,
     resume: ResumeState | None = None,
@@ -162,7 +162,7 @@ def pretrain(
         scaler.load_state_dict(state.get("scaler", {}))  # {}: a state saved before loss scaling existed
         history, start = state["history"], state["epoch"] + 1
         log.info("pretrain: resuming after epoch %d", state["epoch"])
-    length = window["window"]
+    length = window.length
     for epoch in range(start, cfg["epochs"]):
         rng = epoch_rng(cfg["seed"], epoch)
         progress = Progress()
@@ -238,12 +238,12 @@ def pooled_ccc(clips: list[ClipFeatures], preds: list[np.ndarray]) -> dict:
     return {**scores, "mean": float(np.nanmean(list(scores.values())))}
 
 
-def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: dict, backbone=None) -> dict:
+def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: Window, backbone=None) -> dict:
     """pooled_ccc of the head's predictions of `clips`, computed on the head's device."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(clips)
-    return pooled_ccc(clips, [predict_clip(head, f, window["window"], window["stride"]) for f in features])
+    return pooled_ccc(clips, [predict_clip(head, f, window) for f in features])
 
 
 SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any smoothing
@@ -254,7 +254,7 @@ def init_linear_from_ridge(
     head: TemporalHead,
     train: list[ClipFeatures],
     val: list[ClipFeatures],
-    window: dict,
+    window: Window,
     backbone=None,
     alphas: tuple[float, ...] = RIDGE_ALPHAS,
     sigmas: tuple[float, ...] = SMOOTHING_SIGMAS,
@@ -278,7 +278,7 @@ def init_linear_from_ridge(
     head.eval()
     whitened = []  # per validation clip: frames, window starts, whitened windows, their (all real) frames
     for f in backbone.features_of(val):
-        starts, windows = clip_windows(f, window["window"], window["stride"], head.feature_mean.device)
+        starts, windows = clip_windows(f, window, head.feature_mean.device)
         real = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
         whitened.append((len(f), starts, head.whiten(windows), real))
     solutions = dict(zip(alphas, ridge_solutions(z, target, alphas), strict=True))
@@ -309,7 +309,7 @@ def finetune(
     train: list[ClipFeatures],
     val: list[ClipFeatures],
     head: TemporalHead,
-    window: dict,
+    window: Window,
     cfg: dict,
     resume: ResumeState | None = None,
     device: torch.device = CPU,
@@ -325,7 +325,7 @@ def finetune(
         init_linear_from_ridge(head, train, val, window, backbone)
     optimizer = _optimizer(list(head.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
     scaler = backbone.grad_scaler()
-    length = window["window"]
+    length = window.length
     accumulate = cfg.get("accumulate", 1)
     windows_per_epoch = max(1, sum(len(c.features) for c in train) // length)
     steps_per_epoch = math.ceil(math.ceil(windows_per_epoch / cfg["batch_size"]) / accumulate)

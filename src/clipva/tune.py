@@ -25,8 +25,9 @@ import yaml
 
 from clipva.atomic import atomic_path, process_alive, write_csv, write_text
 from clipva.errors import ClipvaError
+from clipva.sequences import load_splits
 from clipva.splits import read_clips
-from clipva.store import ClipFeatures, FeatureStore
+from clipva.store import ClipFeatures
 from clipva.training import finetune, head_config, new_head
 
 log = logging.getLogger(__name__)
@@ -254,11 +255,9 @@ def worker_files(features: str, clips: str, tune: dict, settings: dict, journal:
     """One search job on files: the training and validation clips of `clips` from the store `features`, trials
     added to the study in `journal` (`search`) with a sampler seeded by ``tune.seed`` and the `worker` number;
     `out` records which study it searched."""
+    data = load_splits(features, clips, ("train", "val"))
+    loaded = {c.clip_id: c for c in data["train"] + data["val"]}
     table = read_clips(clips)
-    with FeatureStore(features) as store:
-        stored = set(store.clip_ids)
-        ids = [c for c in table.loc[table["split"].isin(["train", "val"]), "clip_id"] if c in stored]
-        loaded = dict(zip(ids, store.load_many(ids), strict=True))
     key = search_key(tune, settings, features, clips)
     seed = tune["seed"] + worker
     ran = search(table, loaded, settings, tune["space"], tune["trials"], tune["folds"], journal, key, seed)

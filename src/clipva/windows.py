@@ -1,10 +1,38 @@
 """Sliding windows over long clips: where windows start, and merging their per-frame predictions back."""
 
+from __future__ import annotations
+
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 EDGE_FLOOR = 0.1  # weight floor so a window's edge frames still count when merging
+
+
+@dataclass(frozen=True)
+class Window:
+    """How the temporal head sees a clip: windows of `length` frames, a new one every `stride` frames.
+
+    Saved (head checkpoints, model.json) as the config's keys, ``{"window": length, "stride": stride}``.
+    """
+
+    length: int
+    stride: int
+
+    def __post_init__(self):
+        # a stride beyond the length would leave frames between windows that no window predicts
+        if self.length < 1 or not 1 <= self.stride <= self.length:
+            raise ValueError(
+                f"need window >= 1 and 1 <= stride <= window, got window={self.length}, stride={self.stride}"
+            )
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Window:
+        return cls(saved["window"], saved["stride"])
+
+    def to_dict(self) -> dict:
+        return {"window": self.length, "stride": self.stride}
 
 
 def window_starts(n_frames: int, length: int, stride: int) -> list[int]:

@@ -17,10 +17,10 @@ os.environ.update(
 from clipva import provenance
 from clipva.errors import ConfigError
 from clipva.jobs import cluster_endings, node_cpus, unschedulable
-from clipva.settings import check_finite
+from clipva.settings import check_config
 
 try:  # what the schema cannot check (it lets NaN through)
-    check_finite(config)
+    check_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
