@@ -92,12 +92,12 @@ def main() -> None:
         f"{lora.workers}"
     )
     print(f"machine: {machine()}")
-    print(f"cached features : {cached:8.4f} s/step  ({1 / cached:.1f} steps/s)" + _memory(cached_mem))
+    print(f"cached features : {cached:10.6f} s/step  ({1 / cached:.1f} steps/s)" + _memory(cached_mem))
     print(
-        f"LoRA end to end : {adapted:8.4f} s/step  ({1 / adapted:.2f} steps/s, {frames_per_step / adapted:.1f} "
+        f"LoRA end to end : {adapted:10.6f} s/step  ({1 / adapted:.4f} steps/s, {frames_per_step / adapted:.1f} "
         "frames/s)" + _memory(lora_mem)
     )
-    print(f"ratio           : {adapted / cached:8.1f}x  (LoRA / cached)")
+    print(f"ratio           : {adapted / cached:10.3f}x  (LoRA / cached)")
 
 
 def _memory(peak: int | None) -> str:
