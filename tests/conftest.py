@@ -163,6 +163,14 @@ def kill_when(cmd: list[str], ready, what: str, timeout: float = 300) -> None:
             proc.wait()
 
 
+def pytest_sessionstart(session):
+    """Once per test run (not per xdist worker): clear what a killed SLURM test left in /etc/slurm."""
+    from slurm_loopback import CONF, remove_stale_conf
+
+    if not hasattr(session.config, "workerinput") and remove_stale_conf():
+        print(f"\nremoved {CONF} and gres.conf, left by a test cluster that was killed", file=sys.stderr)
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules in the order pytest-xdist hands them out (`--no-loadscope-reorder`): the cluster tests first,
     then the modules with end-to-end or slow tests, then the rest, each module's tests in their own order. The

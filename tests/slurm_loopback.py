@@ -23,6 +23,7 @@ from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 CONF = Path("/etc/slurm/slurm.conf")
+CLUSTER = "clipva-test"
 NODE_CPUS = 8
 
 
@@ -56,7 +57,7 @@ def _wait(predicate, seconds: float, what: str) -> None:
 
 
 def _slurm_conf(node: str, memory: str, tmp: Path) -> str:
-    return f"""ClusterName=clipva-test
+    return f"""ClusterName={CLUSTER}
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -83,6 +84,25 @@ PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def remove_stale_conf() -> bool:
+    """Remove the slurm.conf and gres.conf of a test cluster that was killed before it could restore them,
+    unless a cluster runs. With a slurm.conf whose controller is down, `scontrol` waits about 9 s for it, and
+    snakemake's SLURM executor plugin runs `scontrol show config` when it is imported: every snakemake command
+    on the machine, local ones too, would start 9 s late. True if removed."""
+    try:
+        ours = f"ClusterName={CLUSTER}\n" in CONF.read_text(errors="replace")
+    except OSError:
+        return False
+    if not ours or _sh("pgrep", "-x", "slurmctld", check=False).returncode == 0:
+        return False
+    try:
+        for path in (CONF, CONF.with_name("gres.conf")):
+            path.unlink(missing_ok=True)
+    except PermissionError:
+        return False
+    return True
+
+
 @contextmanager
 def loopback_cluster(tmp: Path):
     """Start munged, slurmctld and slurmd; yield the controller's log path; stop them by PID and restore
@@ -90,6 +110,7 @@ def loopback_cluster(tmp: Path):
     if os.geteuid() != 0:
         raise Unavailable("a SLURM cluster on loopback needs root (slurm.conf lives in /etc/slurm)")
     ensure_packages()
+    remove_stale_conf()  # not a state to restore afterwards
     backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, CONF.with_name("gres.conf"))}
     procs: list[subprocess.Popen] = []
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}

@@ -123,7 +123,7 @@ TUNE = {"tune_worker", "tune_summary"}  # clipva.tune fine-tunes heads: the clos
 EVERY_SCRIPT = set(scripts_of_rules())
 # The rules whose scripts import a module (directly or not), checked by hand against the imports.
 DIRECT = {
-    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "predict_video"},
+    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
     "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
     # feature_sources lazily; faces (the box columns) for prediction; the model folder (its path checks)
     "afew": RUNS
