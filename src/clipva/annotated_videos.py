@@ -238,16 +238,17 @@ def convert_video(
     labels_path: str | Path,
     dst: str | Path,
     clip_id: int,
-    fps: float | None = None,
-    scale: float = 10.0,
-    tolerance: float | None = None,
-    detector: FaceDetector | None = None,
-    window: int = 5,
-    fill: str = "interpolate",
+    *,
+    fps: float | None,
+    scale: float,
+    tolerance: float | None,
+    detector: FaceDetector,
+    window: int,
+    fill: str,
 ) -> tuple[dict, pd.DataFrame]:
-    """One video -> clip folder ``dst/{clip_id:03d}``; returns its videos.csv row and its faces.csv rows."""
+    """One video -> clip folder ``dst/{clip_id:03d}``; returns its videos.csv row and its faces.csv rows. The
+    settings are `convert_annotated_videos`'s."""
     video, labels_path, dst = Path(video), Path(labels_path), Path(dst)
-    detector = detector or FaceDetector()
     labels, actor = read_labels(labels_path, scale)
     info = probe(video)
     name = f"{clip_id:03d}"
@@ -318,9 +319,10 @@ def convert_annotated_videos(
     for path in label_files:
         read_labels(path, scale)
     detector = detector or FaceDetector()
+    settings = {"fps": fps, "scale": scale, "tolerance": tolerance, "window": window, "fill": fill}
     rows, faces = [], []
     for k, (video, labels_path) in enumerate(zip(videos, label_files, strict=True), start=1):
-        row, table = convert_video(video, labels_path, dst, k, fps, scale, tolerance, detector, window, fill)
+        row, table = convert_video(video, labels_path, dst, k, detector=detector, **settings)
         rows.append(row)
         faces.append(table)
     mapping = pd.DataFrame(rows)
