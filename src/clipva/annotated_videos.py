@@ -319,10 +319,20 @@ def convert_annotated_videos(
     for path in label_files:
         read_labels(path, scale)
     detector = detector or FaceDetector()
-    settings = {"fps": fps, "scale": scale, "tolerance": tolerance, "window": window, "fill": fill}
     rows, faces = [], []
     for k, (video, labels_path) in enumerate(zip(videos, label_files, strict=True), start=1):
-        row, table = convert_video(video, labels_path, dst, k, detector=detector, **settings)
+        row, table = convert_video(
+            video,
+            labels_path,
+            dst,
+            k,
+            fps=fps,
+            scale=scale,
+            tolerance=tolerance,
+            detector=detector,
+            window=window,
+            fill=fill,
+        )
         rows.append(row)
         faces.append(table)
     mapping = pd.DataFrame(rows)
