@@ -84,6 +84,17 @@ PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def controller_running() -> bool:
+    """Whether a slurmctld runs on this machine (read from /proc: no pgrep needed)."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "slurmctld":
+                return True
+        except OSError:  # the process ended while we looked
+            continue
+    return False
+
+
 def remove_stale_conf() -> bool:
     """Remove the slurm.conf and gres.conf of a test cluster that was killed before it could restore them,
     unless a cluster runs. With a slurm.conf whose controller is down, `scontrol` waits about 9 s for it, and
@@ -93,7 +104,7 @@ def remove_stale_conf() -> bool:
         ours = f"ClusterName={CLUSTER}\n" in CONF.read_text(errors="replace")
     except OSError:
         return False
-    if not ours or _sh("pgrep", "-x", "slurmctld", check=False).returncode == 0:
+    if not ours or controller_running():
         return False
     try:
         for path in (CONF, CONF.with_name("gres.conf")):
