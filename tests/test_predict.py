@@ -63,6 +63,12 @@ def test_predict_writes_one_table_and_plot_per_video(trained):
         assert table[["valence", "arousal"]].abs().max().max() <= 10
         assert (workdir / f"results/predict/clip {clip_id}.png").read_bytes()[:4] == b"\x89PNG"
     assert np.mean(found) > 0.75  # small (160x128) compressed cartoon frames: the detector misses a few
+    summary = pd.read_csv(workdir / "results/predict/summary.csv").set_index("video")
+    assert sorted(summary.index) == sorted(f"clip {c}.mp4" for c in counts)
+    for clip_id, n in counts.items():
+        row, table = summary.loc[f"clip {clip_id}.mp4"], pd.read_csv(workdir / f"results/predict/clip {clip_id}.csv")
+        assert (row["frames"], row["frames_with_face"]) == (n, table["face_found"].sum())
+        assert row["arousal_max"] == pytest.approx(table["arousal"].max(), abs=1e-3)
 
 
 def _video_store_labels(workdir, counts):
@@ -134,6 +140,57 @@ def test_the_command_line_gives_what_the_rule_gives(trained, tmp_path):
     assert bad.returncode == 1 and "--model nonexistent" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _predict_cli(*args, cwd=None):
+    return subprocess.run([str(BIN / "clipva"), "predict", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_a_folder_of_videos_gets_a_summary_skips_what_cannot_be_decoded_and_reruns_only_what_changed(trained, tmp_path):
+    workdir, videos, counts = trained
+    folder, out, model = tmp_path / "batch", tmp_path / "out", tmp_path / "model"
+    shutil.copytree(videos, folder)
+    shutil.copytree(workdir / "results/runs/main/model", model)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+
+    first = _predict_cli(folder, "--model", model, "--out", out)
+    assert first.returncode == 1, first.stderr  # one video could not be predicted; the others were
+    assert "skipped broken.mp4:" in first.stderr and "Traceback" not in first.stderr
+    summary = pd.read_csv(out / "summary.csv").set_index("video")
+    assert sorted(summary.index) == sorted([*(f"clip {c}.mp4" for c in counts), "broken.mp4"])
+    assert summary.loc["broken.mp4", "status"] == "skipped" and "broken.mp4" in summary.loc["broken.mp4", "reason"]
+    assert not (out / "broken.csv").exists()
+    for clip_id, n in counts.items():
+        row, table = summary.loc[f"clip {clip_id}.mp4"], pd.read_csv(out / f"clip {clip_id}.csv")
+        assert row["status"] == "done" and row["frames"] == len(table) == n
+        assert row["frames_with_face"] == table["face_found"].sum()
+        assert row["duration_s"] == pytest.approx(n / FPS, abs=1 / FPS)
+        for dim in ("valence", "arousal"):
+            assert row[f"{dim}_mean"] == pytest.approx(table[dim].mean(), abs=1e-3)
+            assert row[f"{dim}_min"] <= row[f"{dim}_mean"] <= row[f"{dim}_max"]
+    made = {p.name: p.stat().st_mtime_ns for p in out.glob("clip *")}
+
+    (folder / "broken.mp4").unlink()
+    again = _predict_cli(folder, "--model", model, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("clip *")} == made  # all up to date: nothing redone
+    assert "broken.mp4" not in set(pd.read_csv(out / "summary.csv")["video"])
+
+    doc = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**doc, "metrics": {}}))  # another model (as far as files go)
+    changed = _predict_cli(folder, "--model", model, "--out", out)
+    assert changed.returncode == 0, changed.stderr
+    assert all(p.stat().st_mtime_ns != made[p.name] for p in out.glob("clip *"))
+    assert set(pd.read_csv(out / "summary.csv")["model"]) != set(summary["model"])
+
+
+def test_decoding_beside_the_encoder_gives_the_same_predictions(trained):
+    workdir, videos, counts = trained
+    model = load_model(workdir / "results/runs/main/model")
+    video = videos / f"clip {next(iter(counts))}.mp4"
+    pd.testing.assert_frame_equal(
+        predict_video(video, model, overlap=True, batch_size=4), predict_video(video, model, overlap=False)
+    )
+
+
 def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp_path):
     """The exported folder (safetensors and JSON, copied elsewhere as a download would be) gives the same
     curves as the run's fine-tuned checkpoint with the run's settings."""
@@ -180,3 +237,23 @@ def test_annotated_videos_become_training_data(trained, tmp_path):
         assert len(ours) >= 0.8 * len(expected)  # labeled frames where a face was found
         for frame, v, a in ours[["frame", "valence", "arousal"]].itertuples(False):
             assert (v, a) == expected[frame]
+
+
+def test_prefetching_keeps_order_and_raises_the_producer_s_error_in_the_consumer():
+    from clipva.errors import BadInputError
+    from clipva.predict import _prefetched
+
+    assert list(_prefetched(iter(range(50)), 3)) == list(range(50))
+
+    def failing():
+        yield from range(5)
+        raise BadInputError("clip.mp4: cannot read video")
+
+    got = []
+    with pytest.raises(BadInputError, match="clip.mp4"):
+        for item in _prefetched(failing(), 2):
+            got.append(item)
+    assert got == list(range(5))
+    stream = _prefetched(iter(range(1000)), 2)
+    assert next(stream) == 0
+    stream.close()  # a consumer that stops early does not leave the producer blocked

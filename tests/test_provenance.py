@@ -123,16 +123,28 @@ TUNE = {"tune_worker", "tune_summary"}  # clipva.tune fine-tunes heads: the clos
 EVERY_SCRIPT = set(scripts_of_rules())
 # The rules whose scripts import a module (directly or not), checked by hand against the imports.
 DIRECT = {
-    "windows": RUNS | TUNE | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video"},
+    "windows": RUNS
+    | TUNE
+    | {"submission", "cv_summary", "compare_runs", "export_model", "predict_video", "predict_summary"},
     "demo": {"demo"},  # the generator only: the AFEW-VA writer is clipva.afew's
     # feature_sources lazily; faces (the box columns) for prediction; the model folder (its path checks)
     "afew": RUNS
     | TUNE
-    | {"demo", "index", "split", "cv_split", "extract_features", "convert_videos", "export_model", "predict_video"},
-    "video": {"convert_videos", "predict_video"},  # predict imports it in a function
+    | {
+        "demo",
+        "index",
+        "split",
+        "cv_split",
+        "extract_features",
+        "convert_videos",
+        "export_model",
+        "predict_video",
+        "predict_summary",
+    },
+    "video": {"convert_videos", "predict_video", "predict_summary"},  # predict imports it in a function
     "training": {"pretrain", "finetune"} | TUNE,  # not text_embeddings: the prompts are in clipva.prompts
     "prompts": {"text_embeddings", "pretrain", "finetune"} | TUNE,
-    "lora": RUNS | TUNE | {"predict_video"},  # frozen runs too: their scripts import it
+    "lora": RUNS | TUNE | {"predict_video", "predict_summary"},  # frozen runs too: their scripts import it
     "store": RUNS
     | TUNE
     | {
@@ -142,20 +154,21 @@ DIRECT = {
         "cv_summary",
         "compare_runs",
         "predict_video",
+        "predict_summary",
     },
     "atomic": EVERY_SCRIPT,
     "__init__": EVERY_SCRIPT,  # importing clipva.x runs clipva/__init__.py
     "cli": set(),
     "provenance": set(),
     "settings": set(),  # the Snakefile's own check of the config, in no job
-    "model_folder": {"export_model", "predict_video"},
+    "model_folder": {"export_model", "predict_video", "predict_summary"},
     "evaluate_run": {"evaluate"},  # not the submission or summaries, which import clipva.evaluation
 }
 # ... and all that is planned then, dependants included.
 PLANNED = {
     "training": RUNS
     | TUNE
-    | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video"}
+    | {"plots", "submission", "cv_summary", "compare_runs", "export_model", "predict_video", "predict_summary"}
     | AGGREGATES,
     "demo": EVERY_SCRIPT - {"text_embeddings", "resolved_config", "convert_videos"} | AGGREGATES,
     "cli": set(),

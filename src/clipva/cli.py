@@ -3,7 +3,10 @@
     clipva predict VIDEO [VIDEO ...] --model RUN      # RUN: a run name (its exported model) or a model folder
 
 It runs the same code as the workflow's predict target (clipva.predict) and writes, for each video, NAME.csv
-(time, frame, valence, arousal, face_found) and NAME.png (the curves and the valence-arousal path).
+(time, frame, valence, arousal, face_found) and NAME.png (the curves and the valence-arousal path), and
+summary.csv (a row per video: duration, frames with a face, mean and range of valence and arousal). A video
+that cannot be decoded is skipped and listed (exit status 1 once the others are done); videos already
+predicted by the same model with the same settings are not predicted again.
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ def _model_dir(model: str) -> Path:
     raise ClipvaError(f"--model {model}: neither a model folder nor a run with {run}/model.json ({export_hint(model)})")
 
 
-def predict(args: argparse.Namespace) -> None:
-    from clipva.predict import load_model, predict_video_files
+def predict(args: argparse.Namespace) -> int:
+    from clipva.predict import SUMMARY, predict_folder
     from clipva.video import list_videos
 
     videos = [v for path in args.videos for v in list_videos(path)]
-    model = load_model(_model_dir(args.model))
-    args.out.mkdir(parents=True, exist_ok=True)
-    for video in videos:
-        csv, plot = args.out / f"{video.stem}.csv", args.out / f"{video.stem}.png"
-        table = predict_video_files(video, model, csv, plot, video.name, fps=args.fps, no_face=args.no_face)
-        print(f"{video}: {len(table)} frames, face in {int(table['face_found'].sum())} -> {csv}")
+    summary = predict_folder(videos, _model_dir(args.model), args.out, fps=args.fps, no_face=args.no_face)
+    done = summary[summary["status"] == "done"]
+    print(f"{len(done)} of {len(summary)} videos have their curves in {args.out} (a row each in {args.out / SUMMARY})")
+    skipped = summary[summary["status"] != "done"]
+    for row in skipped.itertuples():
+        print(f"skipped {row.video}: {row.reason}", file=sys.stderr)
+    return 1 if len(skipped) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args.fps = args.fps or None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        predict(args)
+        return predict(args)
     except ClipvaError as err:
         print(f"clipva: error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

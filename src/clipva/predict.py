@@ -12,11 +12,19 @@ Prediction goes through the same crop, preprocessing, image tower and temporal h
    empty, with ``interpolate`` they keep the prediction made from the interpolated box.
 
 Values are on the annotation scale of AFEW-VA, -10..10.
+
+`predict_folder` runs a batch (the ``clipva predict`` command): one progress bar over all videos, a
+``summary.csv`` with a row per video, a video that cannot be decoded skipped and listed rather than ending the
+batch, and videos whose outputs were made by the same model, settings and video file skipped on a rerun.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +90,25 @@ def predict_video(
     min_score: float = 0.5,
     batch_size: int = 32,
     detector: FaceDetector | None = None,
+    progress: Callable[[float], object] | None = None,
+    overlap: bool | None = None,
 ) -> pd.DataFrame:
-    """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found."""
+    """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found.
+
+    `progress(n)` is told of each frame's two passes (0.5 each). `overlap` decodes and crops in a second
+    thread while the encoder runs (default: on CUDA, where the encoder does not need the CPU's cores).
+    """
     from clipva.video import decode
 
     if no_face not in NO_FACE:
         raise ConfigError(f"predict.no_face: {no_face!r} is not one of {', '.join(NO_FACE)}")
     detector = detector or FaceDetector(min_score=min_score)
+    tick = progress or (lambda n: None)
     times, detections = [], []
     for t, _, image in decode(path, fps):  # pass 1: faces
         times.append(t)
         detections.append(detector(image))
+        tick(0.5)
     if not times:
         raise BadInputError(f"{path}: no frames decoded")
     track = track_main_face(detections, window=smooth_window, fill="interpolate")
@@ -111,9 +127,16 @@ def predict_video(
         log.warning("%s: no face found in any of its %d frames; its values are left empty", path, len(times))
         return table
     margin = crop_margin(model.face_crop)
+    if overlap is None:
+        overlap = model.encoder.device.type == "cuda"
+    cropped = (
+        image if margin is None else crop_face(image, tuple(boxes[k]), margin)
+        for k, (_, _, image) in enumerate(decode(path, fps))
+    )
     features, crops = [], []
-    for k, (_, _, image) in enumerate(decode(path, fps)):  # pass 2: crops through the image tower
-        crops.append(image if margin is None else crop_face(image, tuple(boxes[k]), margin))
+    for crop in _prefetched(cropped, 2 * batch_size) if overlap else cropped:  # pass 2: the image tower
+        crops.append(crop)
+        tick(0.5)
         if len(crops) == batch_size:
             features.append(_encode(model, crops))
             crops = []
@@ -130,6 +153,41 @@ def predict_video(
     return table[COLUMNS]
 
 
+def _prefetched(items: Iterable, depth: int) -> Iterator:
+    """`items`, produced by a second thread up to `depth` ahead; its exception is raised here, in order."""
+    done, slots = object(), queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            slots.put((done, err))
+
+    worker = threading.Thread(target=produce, name="clipva-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = slots.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def predict_video_files(
     video: str | Path, model: Model, csv: str | Path, plot: str | Path, title: str, **options
 ) -> pd.DataFrame:
@@ -139,3 +197,153 @@ def predict_video_files(
     write_csv(csv, table, float_format="%.4f")
     video_curves(table, str(plot), title=title)
     return table
+
+
+SUMMARY = "summary.csv"
+_KEY = ["model", "fps", "no_face", "video_bytes", "video_mtime_ns"]  # what makes a video's outputs current
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of a model folder's files, names and contents."""
+    digest = hashlib.sha256()
+    root = Path(model_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _summary_row(table: pd.DataFrame, duration: float) -> dict:
+    row = {"duration_s": round(duration, 3), "frames": len(table), "frames_with_face": int(table["face_found"].sum())}
+    for dim in ("valence", "arousal"):
+        values = table[dim].dropna()
+        for stat in ("mean", "min", "max"):
+            row[f"{dim}_{stat}"] = round(float(getattr(values, stat)()), 4) if len(values) else np.nan
+    return row
+
+
+def summarize(videos: list[Path], tables: list[Path], out: str | Path) -> pd.DataFrame:
+    """summary.csv (`out`) of videos already predicted into `tables` (their NAME.csv files, in the same order)."""
+    from clipva.video import probe
+
+    rows = []
+    for video, csv in zip(videos, tables, strict=True):
+        table = pd.read_csv(csv)
+        rows.append(
+            {"video": Path(video).name, "status": "done", "reason": "", **_summary_row(table, probe(video).duration)}
+        )
+    summary = _summary_table(rows).drop(columns=_KEY)
+    write_csv(out, summary, float_format="%.4f")
+    return summary
+
+
+def _previous(out: Path) -> dict[str, dict]:
+    """The rows of an earlier summary.csv in `out` by video name (none if it is missing or unreadable)."""
+    try:
+        old = pd.read_csv(out / SUMMARY, dtype={"model": str, "no_face": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}
+    if not {"video", "status", *_KEY} <= set(old.columns):
+        return {}
+    return {str(row["video"]): row for row in old.to_dict("records")}
+
+
+def predict_folder(
+    videos: list[Path],
+    model_dir: str | Path,
+    out: str | Path,
+    fps: float | None = 10.0,
+    no_face: str = "interpolate",
+    progress: bool = True,
+    load: Callable[[Path], Model] | None = None,
+) -> pd.DataFrame:
+    """NAME.csv and NAME.png in `out` for each video, and `out`/summary.csv; returns the summary table.
+
+    A video whose NAME.csv and NAME.png exist and whose summary row has the same model (its files' hash),
+    fps, no_face setting and video file (size and modification time) is not predicted again. A video that
+    cannot be read is skipped: its row has status "skipped" and the reason, and the others go on. The
+    summary is rewritten (atomically) after each video, so a killed batch keeps what it finished.
+    """
+    from tqdm import tqdm
+
+    from clipva.video import probe
+
+    if no_face not in NO_FACE:
+        raise ConfigError(f"--no-face: {no_face!r} is not one of {', '.join(NO_FACE)}")
+    stems: dict[str, Path] = {}
+    for video in videos:
+        if video.stem in stems:
+            raise BadInputError(f"{stems[video.stem]} and {video}: both would be written as {video.stem}.csv")
+        stems[video.stem] = video
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint, previous, rows = model_fingerprint(model_dir), _previous(out), []
+    model = None
+    todo, infos = [], {}
+    for video in videos:
+        stat = video.stat() if video.is_file() else None
+        key = {
+            "model": fingerprint,
+            "fps": float(fps) if fps else 0.0,
+            "no_face": no_face,
+            "video_bytes": stat.st_size if stat else -1,
+            "video_mtime_ns": stat.st_mtime_ns if stat else -1,
+        }
+        old = previous.get(video.name)
+        current = (
+            old is not None
+            and old["status"] == "done"
+            and all(str(old[k]) == str(key[k]) for k in _KEY)
+            and (out / f"{video.stem}.csv").is_file()
+            and (out / f"{video.stem}.png").is_file()
+        )
+        rows.append({**old, **key} if current else {"video": video.name, "status": "todo", "reason": "", **key})
+        if not current:
+            todo.append(len(rows) - 1)
+            try:
+                infos[video] = probe(video)
+            except BadInputError as err:
+                infos[video] = err
+    skipped_current = len(videos) - len(todo)
+    if skipped_current:
+        log.info(
+            "%d of %d videos are up to date in %s (same model, settings and file)", skipped_current, len(videos), out
+        )
+    expected = sum(
+        (max(1, round(i.duration * fps)) if fps else i.n_frames) for i in infos.values() if not isinstance(i, Exception)
+    )
+    with tqdm(total=expected, unit="frame", disable=not (progress and todo), mininterval=1, smoothing=0.1) as bar:
+        for index in todo:
+            video = videos[index]
+            info = infos[video]
+            try:
+                if isinstance(info, Exception):
+                    raise info
+                if model is None:
+                    model = (load or load_model)(Path(model_dir))
+                table = predict_video_files(
+                    video,
+                    model,
+                    out / f"{video.stem}.csv",
+                    out / f"{video.stem}.png",
+                    video.name,
+                    fps=fps,
+                    no_face=no_face,
+                    progress=bar.update,
+                )
+                rows[index].update(status="done", reason="", **_summary_row(table, info.duration))
+            except BadInputError as err:
+                log.warning("skipped %s", err)
+                rows[index].update(status="skipped", reason=str(err))
+            write_csv(out / SUMMARY, _summary_table(rows), float_format="%.4f")
+    summary = _summary_table(rows)
+    write_csv(out / SUMMARY, summary, float_format="%.4f")
+    return summary
+
+
+def _summary_table(rows: list[dict]) -> pd.DataFrame:
+    columns = ["video", "status", "reason", "duration_s", "frames", "frames_with_face"]
+    columns += [f"{d}_{s}" for d in ("valence", "arousal") for s in ("mean", "min", "max")] + _KEY
+    return pd.DataFrame(rows).reindex(columns=columns)

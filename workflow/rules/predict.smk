@@ -55,6 +55,23 @@ rule predict_video:
         "../scripts/predict_video.py"
 
 
+rule predict_summary:
+    input:
+        tables=expand("results/predict/{video}.csv", video=VIDEOS),
+        videos=list(VIDEOS.values()),
+    output:
+        "results/predict/summary.csv",
+    log:
+        "logs/predict/summary.log",
+    conda:
+        "../../envs/clipva.yaml"
+    params:
+        code=code_version("../scripts/predict_summary.py"),
+    script:
+        "../scripts/predict_summary.py"
+
+
 rule predict:
     input:
         expand("results/predict/{video}.csv", video=VIDEOS),
+        "results/predict/summary.csv",
