@@ -15,7 +15,7 @@ from PIL import Image
 from clipva.afew import read_frames
 from clipva.checkpoints import load_head
 from clipva.encoder import load_clip_from
-from clipva.predict import Model, load_model, predict_video
+from clipva.predict import Model, load_model, predict_video, predict_video_files
 from clipva.splits import read_clips
 from clipva.video import probe, write_video
 
@@ -62,6 +62,7 @@ def test_predict_writes_one_table_and_plot_per_video(trained):
         found += table["face_found"].tolist()
         assert table[["valence", "arousal"]].abs().max().max() <= 10
         assert (workdir / f"results/predict/clip {clip_id}.png").read_bytes()[:4] == b"\x89PNG"
+        assert 'src="data:video/mp4;base64,' in (workdir / f"results/predict/clip {clip_id}.html").read_text()
     assert np.mean(found) > 0.75  # small (160x128) compressed cartoon frames: the detector misses a few
     summary = pd.read_csv(workdir / "results/predict/summary.csv").set_index("video")
     assert sorted(summary.index) == sorted(f"clip {c}.mp4" for c in counts)
@@ -180,6 +181,23 @@ def test_a_folder_of_videos_gets_a_summary_skips_what_cannot_be_decoded_and_reru
     assert changed.returncode == 0, changed.stderr
     assert all(p.stat().st_mtime_ns != made[p.name] for p in out.glob("clip *"))
     assert set(pd.read_csv(out / "summary.csv")["model"]) != set(summary["model"])
+
+
+def test_the_annotated_video_has_every_source_frame_at_the_source_rate_with_the_gauge_drawn(trained, tmp_path):
+    from clipva.video import decode
+
+    workdir, videos, counts = trained
+    model = load_model(workdir / "results/runs/main/model")
+    video = videos / f"clip {next(iter(counts))}.mp4"
+    out = tmp_path / "clip.annotated.mp4"
+    table = predict_video_files(video, model, tmp_path / "c.csv", tmp_path / "c.png", "c", annotated=out, fps=4)
+    source, annotated = probe(video), probe(out)
+    assert annotated.n_frames == source.n_frames and annotated.fps == pytest.approx(source.fps)
+    assert (annotated.width, annotated.height) == (source.width + source.width % 2, source.height + source.height % 2)
+    first, drawn = next(decode(video)), next(decode(out))
+    changed = np.abs(np.asarray(drawn[2], dtype=int)[: source.height, : source.width] - np.asarray(first[2], dtype=int))
+    assert (changed.max(axis=2) > 60).mean() > 0.005  # the box and the gauge, not just compression noise
+    assert len(table) == 1 + int(source.duration * 4 - 1e-9)
 
 
 def test_decoding_beside_the_encoder_gives_the_same_predictions(trained):

@@ -35,7 +35,9 @@ def predict(args: argparse.Namespace) -> int:
     from clipva.video import list_videos
 
     videos = [v for path in args.videos for v in list_videos(path)]
-    summary = predict_folder(videos, _model_dir(args.model), args.out, fps=args.fps, no_face=args.no_face)
+    summary = predict_folder(
+        videos, _model_dir(args.model), args.out, fps=args.fps, no_face=args.no_face, annotate=args.annotate
+    )
     done = summary[summary["status"] == "done"]
     print(f"{len(done)} of {len(summary)} videos have their curves in {args.out} (a row each in {args.out / SUMMARY})")
     skipped = summary[summary["status"] != "done"]
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("interpolate", "empty"),
         default="interpolate",
         help="values of frames without a face: predicted from the interpolated box, or left empty",
+    )
+    p.add_argument(
+        "--annotate",
+        action="store_true",
+        help="also write NAME.annotated.mp4: every source frame with the face box and a valence/arousal gauge",
     )
     p.add_argument("--out", type=Path, default=Path(PREDICTIONS), help=f"output folder (default {PREDICTIONS})")
     args = parser.parse_args(argv)

@@ -81,7 +81,14 @@ def _encode(model: Model, crops: list) -> np.ndarray:
     return encode_frames(model.visual, images, model.encoder.dtype).cpu().numpy()
 
 
-def predict_video(
+def predict_video(path: str | Path, model: Model, **options) -> pd.DataFrame:
+    """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found.
+
+    `options` are `predict_video_and_boxes`'s."""
+    return predict_video_and_boxes(path, model, **options)[0]
+
+
+def predict_video_and_boxes(
     path: str | Path,
     model: Model,
     fps: float | None = 10.0,
@@ -92,8 +99,9 @@ def predict_video(
     detector: FaceDetector | None = None,
     progress: Callable[[float], object] | None = None,
     overlap: bool | None = None,
-) -> pd.DataFrame:
-    """Per-frame valence and arousal of one video: columns time (s), frame, valence, arousal, face_found.
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """`predict_video`'s table, and the face box of each of its rows (x0, y0, x1, y1; interpolated where no
+    face was found, NaN in a video without any).
 
     `progress(n)` is told of each frame's two passes (0.5 each). `overlap` decodes and crops in a second
     thread while the encoder runs (default: on CUDA, where the encoder does not need the CPU's cores).
@@ -125,7 +133,7 @@ def predict_video(
     )
     if not found.any():
         log.warning("%s: no face found in any of its %d frames; its values are left empty", path, len(times))
-        return table
+        return table, boxes
     margin = crop_margin(model.face_crop)
     if overlap is None:
         overlap = model.encoder.device.type == "cuda"
@@ -150,7 +158,7 @@ def predict_video(
     if no_face == "empty":
         table.loc[~found, ["valence", "arousal"]] = np.nan
     log.info("%s: %d frames, face in %d (%.0f%%)", path, len(table), found.sum(), 100 * found.mean())
-    return table[COLUMNS]
+    return table[COLUMNS], boxes
 
 
 def _prefetched(items: Iterable, depth: int) -> Iterator:
@@ -189,13 +197,30 @@ def _prefetched(items: Iterable, depth: int) -> Iterator:
 
 
 def predict_video_files(
-    video: str | Path, model: Model, csv: str | Path, plot: str | Path, title: str, **options
+    video: str | Path,
+    model: Model,
+    csv: str | Path,
+    plot: str | Path,
+    title: str,
+    annotated: str | Path | None = None,
+    page: str | Path | None = None,
+    **options,
 ) -> pd.DataFrame:
-    """`predict_video` (with `options`) written to `csv` and its curves to `plot` titled `title`; returns the
-    table."""
-    table = predict_video(video, model, **options)
+    """`predict_video` (with `options`) written to `csv` and its curves to `plot` titled `title`; with
+    `annotated`, the video with box and gauge drawn (`clipva.annotate`); with `page`, the HTML page that
+    plays it (or the video itself) beside the curves (`clipva.page`). Returns the table."""
+    from clipva.page import write_page
+    from clipva.video import probe
+
+    table, boxes = predict_video_and_boxes(video, model, **options)
     write_csv(csv, table, float_format="%.4f")
     video_curves(table, str(plot), title=title)
+    if annotated is not None:
+        from clipva.annotate import write_annotated_video
+
+        write_annotated_video(video, table, boxes, annotated)
+    if page is not None:
+        write_page(annotated or video, table, page, probe(video).duration)
     return table
 
 
@@ -258,13 +283,15 @@ def predict_folder(
     no_face: str = "interpolate",
     progress: bool = True,
     load: Callable[[Path], Model] | None = None,
+    annotate: bool = False,
 ) -> pd.DataFrame:
-    """NAME.csv and NAME.png in `out` for each video, and `out`/summary.csv; returns the summary table.
+    """NAME.csv, NAME.png and NAME.html in `out` for each video, and `out`/summary.csv; returns the summary.
 
-    A video whose NAME.csv and NAME.png exist and whose summary row has the same model (its files' hash),
-    fps, no_face setting and video file (size and modification time) is not predicted again. A video that
-    cannot be read is skipped: its row has status "skipped" and the reason, and the others go on. The
-    summary is rewritten (atomically) after each video, so a killed batch keeps what it finished.
+    With `annotate`, also NAME.annotated.mp4 (`clipva.annotate`). A video whose outputs exist and whose
+    summary row has the same model (its files' hash), fps, no_face setting and video file (size and
+    modification time) is not predicted again. A video that cannot be read is skipped: its row has status
+    "skipped" and the reason, and the others go on. The summary is rewritten (atomically) after each video,
+    so a killed batch keeps what it finished.
     """
     from tqdm import tqdm
 
@@ -298,6 +325,8 @@ def predict_folder(
             and all(str(old[k]) == str(key[k]) for k in _KEY)
             and (out / f"{video.stem}.csv").is_file()
             and (out / f"{video.stem}.png").is_file()
+            and (out / f"{video.stem}.html").is_file()
+            and (not annotate or (out / f"{video.stem}.annotated.mp4").is_file())
         )
         rows.append({**old, **key} if current else {"video": video.name, "status": "todo", "reason": "", **key})
         if not current:
@@ -329,6 +358,8 @@ def predict_folder(
                     out / f"{video.stem}.csv",
                     out / f"{video.stem}.png",
                     video.name,
+                    annotated=out / f"{video.stem}.annotated.mp4" if annotate else None,
+                    page=out / f"{video.stem}.html",
                     fps=fps,
                     no_face=no_face,
                     progress=bar.update,

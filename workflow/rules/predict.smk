@@ -34,6 +34,7 @@ rule predict_video:
         model=f"{RUN_DIR}/model",
     output:
         csv="results/predict/{video}.csv",
+        page="results/predict/{video}.html",
         plot=report(
             "results/predict/{video}.png",
             caption="../report/predict.rst",
