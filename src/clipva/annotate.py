@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from clipva.video import decode, probe, write_video
+from clipva.video import decode, write_video
 
 FOUND, MISSING, GAUGE = (40, 220, 90), (160, 160, 160), (255, 255, 255)
 
@@ -63,6 +63,9 @@ def annotated_frames(video: str | Path, table: pd.DataFrame, boxes: np.ndarray) 
         yield image
 
 
-def write_annotated_video(video: str | Path, table: pd.DataFrame, boxes: np.ndarray, out: str | Path) -> Path:
-    """`annotated_frames` encoded at the source's average frame rate (atomically; the suffix picks the codec)."""
-    return write_video(out, annotated_frames(video, table, boxes), probe(video).fps)
+def write_annotated_video(
+    video: str | Path, table: pd.DataFrame, boxes: np.ndarray, out: str | Path, fps: float
+) -> Path:
+    """`annotated_frames` encoded at `fps`, the source's average frame rate (atomically; the suffix picks the
+    codec)."""
+    return write_video(out, annotated_frames(video, table, boxes), fps)

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from clipva.model_folder import ADAPTER_DIR, load_head_weights, read_model_confi
 from clipva.plots import video_curves
 from clipva.sequences import VA_SCALE, predict_clip
 from clipva.windows import Window
+
+if TYPE_CHECKING:  # clipva.video (PyAV) is imported where videos are read
+    from clipva.video import VideoInfo
 
 log = logging.getLogger(__name__)
 NO_FACE = ("interpolate", "empty")
@@ -204,23 +208,27 @@ def predict_video_files(
     title: str,
     annotated: str | Path | None = None,
     page: str | Path | None = None,
+    info: VideoInfo | None = None,
     **options,
 ) -> pd.DataFrame:
     """`predict_video` (with `options`) written to `csv` and its curves to `plot` titled `title`; with
     `annotated`, the video with box and gauge drawn (`clipva.annotate`); with `page`, the HTML page that
-    plays it (or the video itself) beside the curves (`clipva.page`). Returns the table."""
+    plays it (or the video itself) beside the curves (`clipva.page`). `info` is the video's `probe`, read
+    here when not given and needed. Returns the table."""
     from clipva.page import write_page
     from clipva.video import probe
 
     table, boxes = predict_video_and_boxes(video, model, **options)
     write_csv(csv, table, float_format="%.4f")
     video_curves(table, str(plot), title=title)
+    if info is None and (annotated is not None or page is not None):
+        info = probe(video)
     if annotated is not None:
         from clipva.annotate import write_annotated_video
 
-        write_annotated_video(video, table, boxes, annotated)
+        write_annotated_video(video, table, boxes, annotated, info.fps)
     if page is not None:
-        write_page(annotated or video, table, page, probe(video).duration)
+        write_page(annotated or video, table, page, info.duration)
     return table
 
 
@@ -360,6 +368,7 @@ def predict_folder(
                     video.name,
                     annotated=out / f"{video.stem}.annotated.mp4" if annotate else None,
                     page=out / f"{video.stem}.html",
+                    info=info,
                     fps=fps,
                     no_face=no_face,
                     progress=bar.update,
