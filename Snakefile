@@ -21,6 +21,11 @@ include: "workflow/rules/experiments.smk"
 include: "workflow/rules/predict.smk"
 
 
+if FORMAT == "affwild2":
+
+    include: "workflow/rules/abaw.smk"
+
+
 onstart:
     check_cluster_requests()
 
@@ -34,3 +39,9 @@ rule all:
     input:
         "results/submission.csv",
         "results/config.yaml",
+        # Aff-Wild2 with its official split: the challenge's files too
+        (
+            ["results/abaw/submission.zip"]
+            if FORMAT == "affwild2" and config["split"]["method"] == "official"
+            else []
+        ),

@@ -32,8 +32,9 @@ def check_finite(config: dict, where: str = "config") -> None:
 
 
 def check_config(config: dict, where: str = "config") -> None:
-    """ConfigError for what a schema-valid config can still get wrong: non-finite numbers, and a head whose
-    stride is larger than its window (the frames between windows would get no prediction)."""
+    """ConfigError for what a schema-valid config can still get wrong: non-finite numbers, a head whose
+    stride is larger than its window (the frames between windows would get no prediction), and split
+    settings that the data set's format cannot have."""
     check_finite(config, where)
     head = config.get("head", {})
     if "window" in head and "stride" in head:
@@ -44,3 +45,14 @@ def check_config(config: dict, where: str = "config") -> None:
                 f"{where}: head.stride ({head['stride']}) is larger than head.window ({head['window']}); "
                 "windows must overlap or touch, so set head.stride to at most head.window"
             ) from None
+    data, split = config.get("dataset", {}), config.get("split", {})
+    aff = data.get("format") == "affwild2"
+    if split.get("method") == "official" and not aff:
+        raise ConfigError(
+            f"{where}: split.method official is Aff-Wild2's split (Train_Set, Validation_Set, test list); "
+            "it needs dataset.format: affwild2"
+        )
+    if split.get("test_list") is not None and not aff:
+        raise ConfigError(f"{where}: split.test_list names Aff-Wild2 test videos; it needs dataset.format: affwild2")
+    if split.get("method") == "ids" and aff:
+        raise ConfigError(f"{where}: split.method ids needs numbered clips (AFEW-VA); Aff-Wild2's videos have names")

@@ -1,4 +1,5 @@
-"""Train/val/test splits by clip, never by frame: no clip (and with actor_kfold no actor) is in two splits.
+"""Train/val/test splits by clip, never by frame: no clip (and with actor_kfold and official no actor) is in
+two splits.
 
 Clips without any label go to the split ``unlabeled``: they are predicted for the submission only.
 """
@@ -32,10 +33,12 @@ def parse_id_ranges(spec: str | int) -> set[int]:
 
 
 def clip_table(frames: pd.DataFrame) -> pd.DataFrame:
-    """One row per clip: clip_id, actor, n_frames, n_labeled."""
+    """One row per clip: clip_id, actor, n_frames, n_labeled (and subset, Aff-Wild2's official set, where the
+    index gives it)."""
+    extra = {"subset": ("subset", "first")} if "subset" in frames else {}
     return (
         frames.groupby("clip_id", sort=True)
-        .agg(actor=("actor", "first"), n_frames=("frame", "size"), n_labeled=("labeled", "sum"))
+        .agg(actor=("actor", "first"), n_frames=("frame", "size"), n_labeled=("labeled", "sum"), **extra)
         .reset_index()
         .astype({"n_labeled": int})
     )
@@ -43,6 +46,9 @@ def clip_table(frames: pd.DataFrame) -> pd.DataFrame:
 
 def _by_ids(clips: pd.DataFrame, ranges: dict) -> pd.Series:
     split = pd.Series("unused", index=clips.index)
+    named = clips.loc[~clips["clip_id"].astype(str).str.fullmatch(r"\d+"), "clip_id"]
+    if len(named):
+        raise ConfigError(f"split.method ids needs numbered clips; clip {named.iloc[0]!r} has a name")
     numbers = clips["clip_id"].astype(int)
     taken: dict[int, str] = {}
     for name in SPLITS:
@@ -62,6 +68,22 @@ def _by_random(clips: pd.DataFrame, fractions: dict, seed: int) -> pd.Series:
     names = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val), dtype=object)
     split = pd.Series("", index=clips.index, dtype=object)
     split.iloc[order] = names
+    return split
+
+
+def _by_official(clips: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """Aff-Wild2's official sets: Validation_Set is the test split (its score is what ABAW papers report,
+    so nothing may be chosen on it); a seeded `val_fraction` of Train_Set's actors (a video, both people of
+    a left/right pair) validates, the rest trains."""
+    if "subset" not in clips:
+        raise ConfigError("split.method official: the index has no official sets (it needs dataset.format affwild2)")
+    split = pd.Series("unused", index=clips.index, dtype=object)
+    split[clips["subset"] == "Validation_Set"] = "test"
+    train = clips["subset"] == "Train_Set"
+    actors = sorted(clips.loc[train, "actor"].unique())
+    n_val = min(max(1, round(val_fraction * len(actors))), len(actors) - 1)
+    held = set(np.random.default_rng(seed).permutation(actors)[:n_val]) if n_val > 0 else set()
+    split[train] = np.where(clips.loc[train, "actor"].isin(held), "val", "train")
     return split
 
 
@@ -106,8 +128,10 @@ def assign_splits(clips: pd.DataFrame, cfg: dict) -> pd.DataFrame:
         split = _by_random(part, cfg["fractions"], cfg["seed"])
     elif method == "actor_kfold":
         split = _by_actor_kfold(part, cfg["folds"], cfg["fold"], cfg["seed"])
+    elif method == "official":
+        split = _by_official(part, cfg.get("official_val", 0.15), cfg["seed"])
     else:
-        raise ConfigError(f"split.method: {method!r} is not one of ids, random, actor_kfold")
+        raise ConfigError(f"split.method: {method!r} is not one of ids, random, actor_kfold, official")
     clips["split"] = UNLABELED
     clips.loc[labeled, "split"] = split
     for name in SPLITS:

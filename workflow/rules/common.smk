@@ -58,6 +58,9 @@ def check_cluster_requests():
 RUN = config["run"]
 RUN_DIR = f"results/runs/{RUN}"
 DEMO_ROOT = "results/demo/afew-va"
+FORMAT = config["dataset"]["format"]
+AFFWILD2_DEMO = "results/demo/affwild2"  # the synthetic data set in Aff-Wild2's layout (root "demo")
+VIDEO_TABLE = "results/index/videos.csv"  # Aff-Wild2: every video's set and frame count
 VIDEOS_ROOT = "results/videos/afew-va"  # annotated videos (dataset.format: videos) in AFEW-VA layout
 FRAMES = "results/index/frames.csv"
 CLIPS = "results/index/clips.csv"
@@ -81,16 +84,29 @@ def dataset_root():
     """The data set the index reads: the generated demo, or the configured folder."""
     root = config["dataset"]["root"]
     if root == "demo":
-        return DEMO_ROOT
-    return VIDEOS_ROOT if config["dataset"]["format"] == "videos" else user_root()
+        return AFFWILD2_DEMO if FORMAT == "affwild2" else DEMO_ROOT
+    return VIDEOS_ROOT if FORMAT == "videos" else user_root()
+
+
+def test_list():
+    """Aff-Wild2's test list: the configured file, the demo's own, or None."""
+    given = config["split"]["test_list"]
+    if given is not None:
+        return str(Path(given).expanduser().resolve())
+    if config["dataset"]["root"] == "demo" and FORMAT == "affwild2":
+        return f"{AFFWILD2_DEMO}/test_set.txt"
+    return None
 
 
 def model_card_dataset():
     """What an exported model was trained on, in words (the folder's name, not its path on this machine)."""
     data = config["dataset"]
+    layout = {"videos": "annotated videos", "affwild2": "Aff-Wild2 layout"}.get(
+        data["format"], "AFEW-VA layout"
+    )
     if data["root"] == "demo":
-        return "the clipva demo (synthetic faces in AFEW-VA layout)"
-    return f"{Path(data['root']).name} ({'annotated videos' if data['format'] == 'videos' else 'AFEW-VA layout'})"
+        return f"the clipva demo (synthetic faces in {layout})"
+    return f"{Path(data['root']).name} ({layout})"
 
 
 def model_card_split():
@@ -99,6 +115,8 @@ def model_card_split():
         return f"random by clip, fractions {split['fractions']}, seed {split['seed']}"
     if split["method"] == "ids":
         return f"by clip id {split['ids']}"
+    if split["method"] == "official":
+        return f"official: Train_Set ({split['official_val']} of its videos validate), Validation_Set as test"
     return f"by actor, fold {split['fold']} of {split['folds']}"
 
 
@@ -258,3 +276,16 @@ def video_files():
 
 
 VIDEOS = video_files()
+
+
+ABAW = "results/abaw"  # Aff-Wild2: the ABAW challenge's files (workflow/rules/abaw.smk)
+
+
+def abaw_predictions(wildcards):
+    """The run's predictions, which cover Validation_Set and the test list only with the official split."""
+    if config["split"]["method"] != "official":
+        raise WorkflowError(
+            "abaw_submission needs split.method: official (Train_Set trains, Validation_Set is scored, the "
+            f"test list is predicted); the config has {config['split']['method']!r}"
+        )
+    return f"{RUN_DIR}/eval/predictions.csv"

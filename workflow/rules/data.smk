@@ -29,21 +29,60 @@ rule convert_videos:
         "../scripts/convert_videos.py"
 
 
-rule index:
-    input:
-        dataset_root(),
+rule demo_affwild2:
     output:
-        frames=FRAMES,
-        report=REPORT,
+        directory(AFFWILD2_DEMO),
     log:
-        "logs/index.log",
+        "logs/demo_affwild2.log",
     conda:
         "../../envs/clipva.yaml"
     params:
-        on_bad_input=config["dataset"]["on_bad_input"],
-        code=code_version("../scripts/index.py"),
+        demo=config["demo"],
+        code=code_version("../scripts/demo_affwild2.py"),
     script:
-        "../scripts/index.py"
+        "../scripts/demo_affwild2.py"
+
+
+# Aff-Wild2 is read in place: its index also writes the video table (sets, frame counts)
+if FORMAT == "affwild2":
+
+    rule index_affwild2:
+        input:
+            root=dataset_root(),
+            # the demo's list comes with its folder; a user's list is an input of its own
+            test_list=[] if config["dataset"]["root"] == "demo" else test_list() or [],
+        output:
+            frames=FRAMES,
+            report=REPORT,
+            videos=VIDEO_TABLE,
+        log:
+            "logs/index.log",
+        conda:
+            "../../envs/clipva.yaml"
+        params:
+            on_bad_input=config["dataset"]["on_bad_input"],
+            test_list=test_list(),
+            code=code_version("../scripts/index_affwild2.py"),
+        script:
+            "../scripts/index_affwild2.py"
+
+else:
+
+    rule index:
+        input:
+            dataset_root(),
+        output:
+            frames=FRAMES,
+            report=REPORT,
+        log:
+            "logs/index.log",
+        conda:
+            "../../envs/clipva.yaml"
+        params:
+            on_bad_input=config["dataset"]["on_bad_input"],
+            code=code_version("../scripts/index.py"),
+        script:
+            "../scripts/index.py"
 
 
 rule split:
