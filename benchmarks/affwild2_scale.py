@@ -15,8 +15,9 @@ Each step runs in a process of its own, which reports its time and its peak resi
 - extraction of one shard of 10 videos (``clipva-tiny``): the cost of a shard whose size does not change;
   the part that grows with the data set is reading frames.csv, timed apart;
 - merge: 8 shard stores of made-up 64-dimensional features (the tiny model's) into one store;
-- head data: the fine-tuning job's loading of every split's features, which it holds in memory
-  (frames x embedding size x 4 bytes: 5.3 GB for ViT-B-32 at 2.6 million frames).
+- head data: the fine-tuning and evaluate jobs' loading of every split's features, which they hold in
+  memory (frames x embedding size x 4 bytes: 5.3 GB for ViT-B-32 at 2.6 million frames), then what they
+  compute on all training frames at once: the head's whitening statistics and the ridge probes.
 
     .venv/bin/python benchmarks/affwild2_scale.py                      # 50, 500, 5000 videos (about 15 min)
     .venv/bin/python benchmarks/affwild2_scale.py --videos 50 500 --frames 100   # a quick look
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, as_the_workflow_runs, load_average, machine
+from common import REPO, as_the_workflow_runs, load_average, machine, repo_config
 
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 SHARDS = 8
@@ -51,7 +52,14 @@ def make_set(root: Path, n_videos: int, n_frames: int) -> int:
 
     faces = root.parent / f"{root.name}-faces"
     make_affwild2_demo(faces, n_videos=3, n_pairs=0, min_frames=8, max_frames=8, other_videos=0, seed=5)
-    sources = sorted((faces / CROPS).glob("*/*.jpg"))
+    faces_jpg = sorted((faces / CROPS).glob("*/*.jpg"))
+    # a file system caps the links to one file (ext4: 65,000), so the crops link to enough copies of the faces
+    copies = faces / "copies"
+    copies.mkdir()
+    sources = []
+    for j in range(max(len(faces_jpg), -(-n_videos * n_frames // 50_000))):
+        sources.append(copies / f"{j}.jpg")
+        sources[-1].write_bytes(faces_jpg[j % len(faces_jpg)].read_bytes())
     rng = np.random.default_rng(0)
     crops = 0
     for subset in ("Train_Set", "Validation_Set"):
@@ -79,7 +87,7 @@ def peak_mb() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
-def step(name: str, root: Path, work: Path) -> dict:
+def step(name: str, root: Path, work: Path, fit: bool = True) -> dict:
     """One step, in this process (called as `--step NAME`); returns its figures."""
     sys.path.insert(0, str(REPO / "src"))
     index, clips = work / "results/index/frames.csv", work / "results/index/clips.csv"
@@ -149,11 +157,22 @@ def step(name: str, root: Path, work: Path) -> dict:
         merge_stores(shards, work / "results/features/features.h5")
         out["store_mb"] = (work / "results/features/features.h5").stat().st_size / 2**20
     elif name == "head_data":
+        from clipva.baselines import RidgeProbe
         from clipva.sequences import load_splits
+        from clipva.training import head_config, new_head
 
         start = time.perf_counter()
         data = load_splits(str(work / "results/features/features.h5"), str(clips), ("train", "val", "test"))
         out["frames_loaded"] = sum(len(c.features) for s in data.values() for c in s)
+        out["features_mb"] = sum(c.features.nbytes for s in data.values() for c in s) / 2**20
+        out["load_peak_mb"] = peak_mb()
+        out["load_s"] = time.perf_counter() - start
+        if fit:  # what the fine-tuning and evaluate jobs compute on every training frame at once
+            cfg, _ = head_config(repo_config()["head"], 64)
+            fit_start = time.perf_counter()
+            new_head(cfg, data["train"])  # the whitening statistics
+            RidgeProbe(data["train"])  # the ridge probes (and the head's ridge start)
+            out["fit_s"] = time.perf_counter() - fit_start
     else:
         raise SystemExit(f"unknown step {name}")
     out.update(seconds=time.perf_counter() - start, peak_mb=peak_mb())
@@ -237,14 +256,15 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"| {r['videos']} | {r['crops']:,} | {i['seconds']:.1f} ({i['peak_mb']:.0f}) | {s['seconds']:.1f} | "
             f"{d['seconds']:.1f} ({d['jobs']}) | {e['read_index_s']:.1f}, {e['encode_s']:.1f} ({e['peak_mb']:.0f}) | "
-            f"{m['seconds']:.1f} ({m['peak_mb']:.0f}, {m['store_mb']:.0f}) | {h['seconds']:.1f} ({h['peak_mb']:.0f}) |"
+            f"{m['seconds']:.1f} ({m['peak_mb']:.0f}, {m['store_mb']:.0f}) | {h['features_mb']:.0f}: "
+            f"{h['load_s']:.1f} ({h['load_peak_mb']:.0f}), {h['fit_s']:.1f} ({h['peak_mb']:.0f}) |"
         )
     print("\nper crop, each size against the one before it (1.0: linear; below 1: cheaper per crop):")
     for a, b in zip(rows, rows[1:], strict=False):
         ratio = b["crops"] / a["crops"]
-        parts = [
-            f"{k} {b[k]['seconds'] / a[k]['seconds'] / ratio:.2f}" for k in ("index", "split", "merge", "head_data")
-        ]
+        parts = [f"{k} {b[k]['seconds'] / a[k]['seconds'] / ratio:.2f}" for k in ("index", "split", "merge")]
+        parts.append(f"head data {b['head_data']['load_s'] / a['head_data']['load_s'] / ratio:.2f}")
+        parts.append(f"fit {b['head_data']['fit_s'] / a['head_data']['fit_s'] / ratio:.2f}")
         parts.append(f"read index {b['extract']['read_index_s'] / a['extract']['read_index_s'] / ratio:.2f}")
         parts.append(f"dry run (total) {b['dry_run']['seconds'] / a['dry_run']['seconds']:.2f}x")
         print(f"  {a['videos']} -> {b['videos']} videos: " + ", ".join(parts))

@@ -172,3 +172,12 @@ def test_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
     )
     assert re.search(r"[0-9.]+ steps/s", next(v for k, v in rows.items() if k.startswith("LoRA step")))
     assert sum("fine-tuning epoch" in k and "val CCC" in v for k, v in rows.items()) == 2
+
+
+def test_affwild2_scale_runs_every_step_and_compares_sizes(tmp_path):
+    out = run("affwild2_scale.py", "--videos", "20", "40", "--frames", "24", "--tmp", str(tmp_path))
+    rows = [line for line in out.splitlines() if line.startswith(("| 20 |", "| 40 |"))]
+    assert len(rows) == 2 and "| 40 | 560 |" in rows[1]  # 40 videos of 24 frames, 10 of each without a face
+    assert all(" (18) |" in row for row in rows)  # the dry run's jobs do not grow with the videos
+    assert "20 -> 40 videos: index" in out and "fit" in out
+    assert not list(tmp_path.iterdir())  # the data sets are removed

@@ -225,6 +225,13 @@ def lora_threads(wildcards):
     return gpu_job_threads() if is_lora(exp_run(wildcards)) else 2
 
 
+def head_mem_mb(floor):
+    """mem_mb of a job that holds every frame's features in memory and fits the whitening and the ridge
+    probes on all training frames at once: about 7x the feature store at Aff-Wild2's scale
+    (benchmarks/README.md#aff-wild2-at-its-scale), and at least `floor`."""
+    return lambda wildcards, input: max(floor, 1000 + 7 * int(input.size_mb))
+
+
 def lora_gpu(wildcards):
     """A GPU for LoRA runs (the image tower trains); the frozen path's small head runs on CPUs."""
     return int(is_lora(exp_run(wildcards)))

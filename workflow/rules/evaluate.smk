@@ -23,7 +23,7 @@ rule evaluate:
     threads: lora_threads
     resources:
         gpu=lora_gpu,
-        mem_mb=4000,
+        mem_mb=head_mem_mb(4000),
         runtime=30,
     params:
         backbone=backbone_params,

@@ -39,7 +39,7 @@ rule pretrain:
     threads: lora_threads
     resources:
         gpu=lora_gpu,
-        mem_mb=8000,
+        mem_mb=head_mem_mb(8000),
         runtime=120,
     params:
         head=exp_section("head"),
@@ -70,7 +70,7 @@ rule finetune:
     threads: lora_threads
     resources:
         gpu=lora_gpu,
-        mem_mb=8000,
+        mem_mb=head_mem_mb(8000),
         runtime=120,
     params:
         finetune=exp_section("finetune"),
