@@ -72,3 +72,50 @@ def test_the_constant_predicts_the_training_mean():
     train, test = _clips(5, 0), _clips(3, 1)
     out = constant_baseline(train, test)
     assert out["valence"]["ccc"] == pytest.approx(0.0, abs=1e-12) and out["valence"]["rmse"] > 0
+
+
+def test_large_training_sets_are_fitted_from_streamed_pieces_with_the_same_result(monkeypatch):
+    """Above STREAM_ABOVE feature values the whitening, the ridge probes and the head's ridge start are fitted
+    from pieces of the training set (Aff-Wild2's scale), never from one concatenated copy: same results."""
+    import numpy as real_numpy
+
+    from clipva import baselines, training
+    from clipva.training import head_config, init_linear_from_ridge, new_head
+
+    train, val = _clips(12, 0), _clips(4, 1)
+    cfg, window = head_config({"type": "none", "window": 16, "stride": 8, "d_model": 16, "embed_dim": 16}, 8)
+
+    def fit():
+        torch.manual_seed(0)
+        head = new_head(cfg, train)
+        probe = baselines.RidgeProbe(train)
+        with torch.no_grad():
+            start = init_linear_from_ridge(head, train, val, window)
+        return head, probe, start
+
+    whole = fit()
+    monkeypatch.setattr(baselines, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(training, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(baselines, "CHUNK_ROWS", 100)  # several pieces, each of whole clips
+    joined = []
+    concatenate = real_numpy.concatenate
+
+    def watched(arrays, *args, **kwargs):
+        out = concatenate(arrays, *args, **kwargs)
+        joined.append(len(out))
+        return out
+
+    monkeypatch.setattr(baselines.np, "concatenate", watched)
+    monkeypatch.setattr(training.np, "concatenate", watched)
+    streamed = fit()
+    monkeypatch.undo()
+    n_train = sum(len(c.features) for c in train)
+    assert joined and max(joined) < n_train / 3  # only pieces were ever joined
+    (h0, p0, s0), (h1, p1, s1) = whole, streamed
+    assert torch.allclose(h0.feature_mean, h1.feature_mean, atol=1e-6)
+    assert torch.allclose(h0.whitening, h1.whitening, atol=1e-5)
+    assert np.allclose(p0.mu, p1.mu, atol=1e-5) and np.allclose(p0.sd, p1.sd, atol=1e-5)
+    for alpha in baselines.RIDGE_ALPHAS:
+        assert np.allclose(p0.fits[alpha][0], p1.fits[alpha][0], atol=1e-5), alpha
+    assert torch.allclose(h0.linear.weight, h1.linear.weight, atol=1e-5)
+    assert s0["alpha"] == s1["alpha"] and s0["val_mean_ccc"] == pytest.approx(s1["val_mean_ccc"], abs=1e-6)

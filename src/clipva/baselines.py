@@ -7,7 +7,8 @@ predictions move from frame to frame.
 - smoothed ridge probe: that regression's per-frame predictions averaged over a centred moving window within
   each clip, the regularisation and the window chosen together on the validation split.
 Nothing is chosen on the test split. `ridge_solutions` is the one ridge fit of the project: the temporal head
-starts its linear path from it too (clipva.training).
+starts its linear path from it too (clipva.training); `streamed_ridge_solutions` is the same fit from data
+given in pieces, for training sets too large to copy whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ RIDGE_ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 SMOOTHING_WINDOWS = (1, 3, 5, 9, 15, 25, 41, 65)  # frames; 1 is no smoothing
 
 
+# Above this many training feature values the fits below stream over clips instead of concatenating them:
+# their float64 copies and centred products would take several times the features themselves (Aff-Wild2
+# with ViT-B-32: about 6x 3.4 GB). Below it the one-shot computation is kept: it is the same up to rounding.
+STREAM_ABOVE = 2**26
+CHUNK_ROWS = 65536
+
+
 def ridge_solutions(
     z: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -33,10 +41,71 @@ def ridge_solutions(
     zm, ym = z.mean(0), y.mean(0)
     gram = (z - zm).T @ (z - zm)
     rhs = (z - zm).T @ (y - ym)
-    eye = torch.eye(len(gram), dtype=z.dtype, device=z.device)
+    return _solve(gram, rhs, zm, ym, len(z), alphas)
+
+
+def streamed_ridge_solutions(chunks, alphas: tuple[float, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ridge_solutions of data given in pieces: `chunks()` yields (z (n, D), y (n, K)) float64 tensors and is
+    called twice (the means, then the centred products), so the data is never held whole."""
+    n, (zm, ym) = _means(chunks)
+    gram = rhs = 0
+    for z, y in chunks():
+        centred = z - zm
+        gram = gram + centred.T @ centred
+        rhs = rhs + centred.T @ (y - ym)
+    return _solve(gram, rhs, zm, ym, n, alphas)
+
+
+def streamed_moments(chunks) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(N, mean, covariance with N - 1) of rows given in pieces: `chunks()` yields (x (n, D),) float64 tensors."""
+    n, (mean,) = _means(chunks)
+    cov = 0
+    for (x,) in chunks():
+        centred = x - mean
+        cov = cov + centred.T @ centred
+    return n, mean, cov / max(n - 1, 1)
+
+
+def _means(chunks) -> tuple[int, list[torch.Tensor]]:
+    n, sums = 0, None
+    for parts in chunks():
+        n += len(parts[0])
+        sums = [p.sum(0) for p in parts] if sums is None else [s + p.sum(0) for s, p in zip(sums, parts, strict=True)]
+    return n, [s / n for s in sums]
+
+
+def row_chunks(*arrays_per_clip, keep=None, transform=None):
+    """A `chunks` function for the streamed fits: the per-clip arrays (each argument a list, one array per
+    clip), their rows `keep[i]` of clip i where given, joined into pieces of about CHUNK_ROWS rows as float64
+    tensors (so only a piece is ever copied); `transform` maps each piece (a tuple) before it is yielded."""
+
+    def chunks():
+        pending, rows = [], 0
+        for i, parts in enumerate(zip(*arrays_per_clip, strict=True)):
+            pending.append((parts, None if keep is None else keep[i]))
+            rows += len(parts[0]) if keep is None else int(keep[i].sum())
+            if rows >= CHUNK_ROWS:
+                yield _piece(pending, transform)
+                pending, rows = [], 0
+        if pending:
+            yield _piece(pending, transform)
+
+    return chunks
+
+
+def _piece(pending, transform):
+    piece = tuple(
+        torch.as_tensor(np.concatenate([p[k] if rows is None else p[k][rows] for p, rows in pending])).double()
+        for k in range(len(pending[0][0]))
+    )
+    return transform(piece) if transform else piece
+
+
+def _solve(gram, rhs, zm, ym, n, alphas):
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     out = []
     for alpha in alphas:
-        w = torch.linalg.solve(gram + alpha * len(z) * eye, rhs)
+        w = torch.linalg.solve(gram + alpha * n * eye, rhs)
         out.append((w, ym - zm @ w))
     return out
 
@@ -79,11 +148,24 @@ class RidgeProbe:
     """Per-frame ridge regressions on standardised features, one per alpha, fitted on the labeled training frames."""
 
     def __init__(self, train: list[ClipFeatures], alphas: tuple[float, ...] = RIDGE_ALPHAS):
-        x, y = _labeled(train)
-        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
-        z = torch.from_numpy((x - self.mu) / self.sd)
-        solved = ridge_solutions(z, torch.from_numpy(y), alphas)
+        if sum(int(c.labeled.sum()) for c in train) * train[0].features.shape[1] > STREAM_ABOVE:
+            solved = self._streamed(train, alphas)
+        else:
+            x, y = _labeled(train)
+            self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+            z = torch.from_numpy((x - self.mu) / self.sd)
+            solved = ridge_solutions(z, torch.from_numpy(y), alphas)
         self.fits = {a: (w.numpy(), b.numpy()) for a, (w, b) in zip(alphas, solved, strict=True)}
+
+    def _streamed(self, train: list[ClipFeatures], alphas: tuple[float, ...]):
+        xs, keep = [c.features for c in train], [c.labeled for c in train]
+        ys = [c.labels / VA_SCALE for c in train]
+        n, mean, cov = streamed_moments(row_chunks(xs, keep=keep))
+        self.mu = mean.numpy().astype(np.float32)
+        self.sd = (np.sqrt(np.diag(cov.numpy()) * (n - 1) / n) + 1e-6).astype(np.float32)  # numpy's std: ddof 0
+        mu, sd = torch.from_numpy(self.mu).double(), torch.from_numpy(self.sd).double()
+        standardise = lambda p: ((p[0] - mu) / sd, p[1])  # noqa: E731
+        return streamed_ridge_solutions(row_chunks(xs, ys, keep=keep, transform=standardise), alphas)
 
     def predict(self, alpha: float, clips: list[ClipFeatures]) -> list[np.ndarray]:
         """Every frame of each clip, in -1..1."""

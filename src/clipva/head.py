@@ -79,7 +79,12 @@ class TemporalHead(nn.Module):
         frames: x -> (x - mean) @ (cov + eps I)^(-1/2), eps = whitening_eps * mean variance."""
         x = features.double()
         mean = x.mean(0)
-        cov = torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1])
+        self.set_feature_moments(mean, torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1]))
+
+    @torch.no_grad()
+    def set_feature_moments(self, mean: Tensor, cov: Tensor) -> None:
+        """set_feature_stats from the features' mean and covariance (computed elsewhere, e.g. streamed)."""
+        mean, cov = mean.double(), cov.double()
         eigval, eigvec = torch.linalg.eigh(cov)
         eps = self.cfg.whitening_eps * eigval.clamp_min(0).mean() + 1e-12
         self.feature_mean.copy_(mean)

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from clipva.atomic import write_text
-from clipva.baselines import RIDGE_ALPHAS, ridge_solutions
+from clipva.baselines import (
+    RIDGE_ALPHAS,
+    STREAM_ABOVE,
+    ridge_solutions,
+    row_chunks,
+    streamed_moments,
+    streamed_ridge_solutions,
+)
 from clipva.checkpoints import ResumeState, fingerprint, load_head, save_head
 from clipva.encoder import resolve_device
 from clipva.feature_sources import CachedFeatures, backbone_of
@@ -118,7 +125,11 @@ def head_config(settings: dict, in_dim: int) -> tuple[HeadConfig, Window]:
 def new_head(cfg: HeadConfig, train: list[ClipFeatures]) -> TemporalHead:
     """A fresh head that whitens with the statistics of every training frame."""
     head = TemporalHead(cfg)
-    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+    if sum(len(c.features) for c in train) * cfg.in_dim > STREAM_ABOVE:
+        _, mean, cov = streamed_moments(row_chunks([c.features for c in train]))
+        head.set_feature_moments(mean, cov)
+    else:
+        head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
     return head
 
 
@@ -250,6 +261,11 @@ SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any 
 
 
 @torch.no_grad()
+def _array(features) -> np.ndarray:
+    """One clip's features (an array, or a tensor of the LoRA tower's) as an array."""
+    return features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)
+
+
 def init_linear_from_ridge(
     head: TemporalHead,
     train: list[ClipFeatures],
@@ -266,11 +282,19 @@ def init_linear_from_ridge(
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(train)
-    x = torch.from_numpy(np.concatenate([f[c.labeled] for c, f in zip(train, features, strict=True)]))
-    y = np.concatenate([c.labels[c.labeled] for c in train]) / VA_SCALE
-    z = head.whiten(x.to(head.feature_mean.device)).double()
-    y = np.arctanh(np.clip(y, -0.95, 0.95)) if head.cfg.output == "tanh" else y
-    target = torch.from_numpy(y).to(z)
+    xs, keep = [_array(f) for f in features], [c.labeled for c in train]
+    ys = [c.labels / VA_SCALE for c in train]
+    if head.cfg.output == "tanh":
+        ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys]
+    device = head.feature_mean.device
+    if sum(int(k.sum()) for k in keep) * head.cfg.in_dim > STREAM_ABOVE:
+        whiten = lambda p: (head.whiten(p[0].to(device).float()).double(), p[1].to(device))  # noqa: E731
+        solved = streamed_ridge_solutions(row_chunks(xs, ys, keep=keep, transform=whiten), alphas)
+    else:
+        x = np.concatenate([f[k] for f, k in zip(xs, keep, strict=True)])
+        y = np.concatenate([y[k] for y, k in zip(ys, keep, strict=True)])
+        z = head.whiten(torch.from_numpy(x).to(device)).double()
+        solved = ridge_solutions(z, torch.from_numpy(y).to(z), alphas)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     # With the encoder's output at zero the head predicts finish(linear(whitened features)): the validation
@@ -281,7 +305,7 @@ def init_linear_from_ridge(
         starts, windows = clip_windows(f, window, head.feature_mean.device)
         real = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
         whitened.append((len(f), starts, head.whiten(windows), real))
-    solutions = dict(zip(alphas, ridge_solutions(z, target, alphas), strict=True))
+    solutions = dict(zip(alphas, solved, strict=True))
     scores = {}
     for alpha, (w, b) in solutions.items():
         head.linear.weight.copy_(w.T)

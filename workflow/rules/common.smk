@@ -226,10 +226,10 @@ def lora_threads(wildcards):
 
 
 def head_mem_mb(floor):
-    """mem_mb of a job that holds every frame's features in memory and fits the whitening and the ridge
-    probes on all training frames at once: about 7x the feature store at Aff-Wild2's scale
-    (benchmarks/README.md#aff-wild2-at-its-scale), and at least `floor`."""
-    return lambda wildcards, input: max(floor, 1000 + 7 * int(input.size_mb))
+    """mem_mb of a job that holds every frame's features in memory (the whitening and the ridge fits stream
+    over them above a size): about 1.3x the feature store at Aff-Wild2's scale plus the interpreter
+    (benchmarks/README.md#aff-wild2-at-its-scale); 2x with a margin, and at least `floor`."""
+    return lambda wildcards, input: max(floor, 1000 + 2 * int(input.size_mb))
 
 
 def lora_gpu(wildcards):
