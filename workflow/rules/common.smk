@@ -228,7 +228,8 @@ def lora_threads(wildcards):
 def head_mem_mb(floor):
     """mem_mb of a job that holds every frame's features in memory (the whitening and the ridge fits stream
     over them above a size): about 1.3x the feature store at Aff-Wild2's scale plus the interpreter
-    (benchmarks/README.md#aff-wild2-at-its-scale); 2x with a margin, and at least `floor`."""
+    (benchmarks/README.md#aff-wild2-at-its-scale); 2x with a margin, and at least `floor`.
+    """
     return lambda wildcards, input: max(floor, 1000 + 2 * int(input.size_mb))
 
 
