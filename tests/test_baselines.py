@@ -89,8 +89,7 @@ def test_large_training_sets_are_fitted_from_streamed_pieces_with_the_same_resul
         torch.manual_seed(0)
         head = new_head(cfg, train)
         probe = baselines.RidgeProbe(train)
-        with torch.no_grad():
-            start = init_linear_from_ridge(head, train, val, window)
+        start = init_linear_from_ridge(head, train, val, window)  # as fine-tuning calls it: with gradients on
         return head, probe, start
 
     whole = fit()

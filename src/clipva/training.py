@@ -260,12 +260,12 @@ def validation_ccc(head: TemporalHead, clips: list[ClipFeatures], window: Window
 SMOOTHING_SIGMAS = (0.3, 1.0, 2.0, 4.0, 8.0, 16.0)  # frames; 0.3 is hardly any smoothing
 
 
-@torch.no_grad()
 def _array(features) -> np.ndarray:
     """One clip's features (an array, or a tensor of the LoRA tower's) as an array."""
     return features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)
 
 
+@torch.no_grad()
 def init_linear_from_ridge(
     head: TemporalHead,
     train: list[ClipFeatures],
