@@ -64,20 +64,26 @@ def ranges(numbers) -> str:
     return ", ".join(text)
 
 
+def _read_text(path: Path, what: str, unusable) -> str:
+    """A whole text file; BadInputError naming it if it is too large or not UTF-8, `unusable(why)` (the
+    exception to raise) if it is missing or a folder."""
+    try:
+        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+            raise BadInputError(f"{path}: {what} is larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise unusable("does not exist") from None
+    except IsADirectoryError:
+        raise unusable("is a folder, not a text file") from None
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: {what} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def read_labels(path: Path) -> tuple[np.ndarray, list[Problem]]:
     """One annotation file -> (n_frames, 2) valence/arousal in -1..1 (row k-1 is frame k; NaN where -5 or
     unusable) and the problems of single lines (fatal: that frame is left out). A file that cannot be read
     as a whole (missing, too large, not UTF-8, wrong header) raises BadInputError naming it."""
-    try:
-        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
-            raise BadInputError(f"{path}: annotation file is larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: annotation file is missing") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{path}: annotation file is a folder, not a file") from None
-    except UnicodeDecodeError as err:
-        raise BadInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = _read_text(path, "annotation file", lambda why: BadInputError(f"{path}: annotation file {why}"))
     lines = text.removeprefix("\ufeff").splitlines()
     if not lines or lines[0].replace(" ", "").lower() != HEADER:
         found = short_repr(lines[0]) if lines else "an empty file"
@@ -113,16 +119,7 @@ def read_test_list(path: str | Path) -> dict[str, int | None]:
     ``<video>/<00001>.jpg,,`` per frame of every test video), which also gives each video's frame count.
     """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
-            raise BadInputError(f"{path}: the test list is larger than {MAX_LABEL_FILE_BYTES // 2**20} MiB")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"split.test_list: {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"split.test_list: {path} is a folder, not a text file") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: the test list is not UTF-8 text") from None
+    text = _read_text(path, "the test list", lambda why: ConfigError(f"split.test_list: {path} {why}"))
     lines = text.removeprefix("\ufeff").splitlines()
     sample = bool(lines) and lines[0].replace(" ", "").lower().startswith(SAMPLE_HEADER)
     videos: dict[str, int | None] = {}
