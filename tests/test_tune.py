@@ -144,6 +144,37 @@ def test_a_trial_left_running_by_a_dead_process_is_marked_failed(tmp_path):
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]  # a live process's trial is left alone
 
 
+# A search killed (SIGKILL leaves no chance to clean up) at the given point of its first trial.
+KILLED_IN_A_TRIAL = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import optuna
+from test_tune import SETTINGS, SPACE, _data
+from clipva.tune import search
+optuna.{target} = lambda *args, **kwargs: os._exit(9)
+search(*_data(), SETTINGS, SPACE, 2, 2, {journal!r}, {{"test": 3}})
+"""
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "trial.Trial.set_user_attr",  # the trial is running, the objective has not started its work
+        "study.Study._pop_waiting_trial_id",  # the trial is queued, not yet running
+    ],
+)
+def test_a_search_killed_as_a_trial_starts_leaves_no_trial_behind(tmp_path, target):
+    journal = tmp_path / "study.journal"
+    script = KILLED_IN_A_TRIAL.format(tests=str(REPO / "tests"), target=target, journal=str(journal))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    clips, features = _data()
+    assert search(clips, features, SETTINGS, SPACE, 2, 2, journal, {"test": 3}) == 2
+    states = [t.state.name for t in open_study(journal, study_name({"test": 3})).trials]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
+
+
 # A search killed between taking and releasing Optuna's journal lock, as SIGKILL (a preempted job) leaves it.
 KILLED_HOLDING_THE_LOCK = """
 import optuna.storages.journal as journal

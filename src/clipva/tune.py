@@ -169,10 +169,12 @@ def search(
 
     mine: list[int] = []  # the numbers of the trials this job runs
 
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
     def objective(trial) -> float:
         mine.append(trial.number)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        for name, value in owner.items():  # the trial may be one another job queued
+            trial.set_user_attr(name, value)
         chosen = suggest(trial, space)
         arch, window = head_config({**settings["head"], **chosen.get("head", {})}, in_dim)
         ft_cfg = {**settings["finetune"], **chosen.get("finetune", {})}
@@ -196,6 +198,11 @@ def search(
     # A trial whose score is not a number ends FAIL (Optuna's rule) and counts against this job's budget, so
     # that a search whose settings all fail ends instead of adding trials for ever.
     while done + failed < trials:
+        # The trial is queued with its owner in the one journal entry that creates it: a search killed before
+        # the objective could record the owner would otherwise leave a trial that no later one can tell is
+        # abandoned. A queued trial that a killed search left behind is run first, so none is left waiting.
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            study.enqueue_trial({}, user_attrs=owner)
         study.optimize(objective, n_trials=1, catch=())
         ran += 1
         everyone = study.get_trials(deepcopy=False)
