@@ -73,8 +73,13 @@ def test_index_maps_line_k_to_crop_k_and_lists_every_quirk(demo):
     assert len(pairs) == 4 and frames.groupby("clip_id")["actor"].first()[pairs].nunique() == 2
     notes = [str(p) for p in problems]
     assert not any(p.fatal for p in problems)
+    faceless = [n for n, info in generated.items() if len(info["no_face"]) == info["n_frames"]]
+    assert {generated[n]["set"] for n in faceless} == {"Validation_Set", "Test_Set"}
+    for name in faceless:  # kept in the video table: its challenge file is written from the set's mean
+        assert videos.set_index("video").loc[name, "n_crops"] == 0
+        assert any(name in n and "no face crop folder" in n and "mean prediction" in n for n in notes), name
     for name, info in generated.items():
-        if info["no_face"] and info["set"] != "Test_Set":
+        if info["no_face"] and info["set"] != "Test_Set" and name not in faceless:
             assert any(name in n and "have no face crop" in n for n in notes), name
         if info["unannotated"]:
             assert any(name in n and "marked -5" in n for n in notes), name
@@ -158,13 +163,15 @@ def test_test_list_as_names_or_as_the_sample_file(demo, tmp_path):
     root, summary = demo
     test = {n: v["n_frames"] for n, v in summary["videos"].items() if v["set"] == "Test_Set"}
     assert read_test_list(summary["test_list"]) == test  # the sample file gives every frame count
+    faceless = next(n for n in test if len(summary["videos"][n]["no_face"]) == test[n])
+    with_faces = [n for n in test if n != faceless]
     names = tmp_path / "names.txt"
-    names.write_text("# the test videos\n" + "\n".join(test) + "\n\n")
-    assert read_test_list(names) == dict.fromkeys(test)
+    names.write_text("# the test videos\n" + "\n".join(with_faces) + "\n\n")
+    assert read_test_list(names) == dict.fromkeys(with_faces)
     frames, videos, problems = index_affwild2(root, "error", names)
     rows = videos[videos["subset"] == "Test_Set"].set_index("video")
-    assert (rows["frames_from"] == "last face crop").all()
-    assert all(any(n in p.path and "gives no frame count" in p.message for p in problems) for n in test)
+    assert sorted(rows.index) == sorted(with_faces) and (rows["frames_from"] == "last face crop").all()
+    assert all(any(n in p.path and "gives no frame count" in p.message for p in problems) for n in with_faces)
     for text, message in [
         ("image_location,valence,arousal\na/00002.jpg,,\n", "does not follow frame 0 of a"),
         ("image_location,valence,arousal\na/00001.jpg,,\nb/00001.jpg,,\na/00002.jpg,,\n", "not in one block"),
@@ -176,6 +183,12 @@ def test_test_list_as_names_or_as_the_sample_file(demo, tmp_path):
             read_test_list(names)
     with pytest.raises(ConfigError, match="split.test_list: .*missing.txt does not exist"):
         read_test_list(tmp_path / "missing.txt")
+    # a test video without a face crop: its file needs the frame count, which only the sample file gives
+    names.write_text("\n".join(test) + "\n")
+    with pytest.raises(BadInputError, match=f"{faceless}: no face crop folder, and the test list gives no frame count"):
+        index_affwild2(root, "error", names)
+    _, videos, problems = index_affwild2(root, "skip", names)
+    assert faceless not in set(videos["video"]) and any(p.fatal and faceless in p.path for p in problems)
     train = next(n for n, v in summary["videos"].items() if v["set"] == "Train_Set")
     names.write_text(f"{train}\n")
     with pytest.raises(BadInputError, match=f"test video {train} has annotations in Train_Set"):
@@ -330,6 +343,15 @@ def test_demo_in_aff_wild2_layout_end_to_end_to_the_challenge_files(tmp_path):
         assert lines[0] == "valence,arousal" and len(lines) == n_frames + 1
         values = np.array([[float(x) for x in line.split(",")] for line in lines[1:]])
         assert np.isfinite(values).all() and np.abs(values).max() <= 1
+    # the test video where no face was found: every frame at the mean of the test videos' predictions
+    faceless = videos.index[(videos["subset"] == "Test_Set") & (videos["n_crops"] == 0)]
+    assert len(faceless) == 1
+    predictions = pd.read_csv(tmp_path / "results/runs/main/eval/predictions.csv", dtype={"clip_id": str})
+    seen = predictions[predictions["clip_id"].isin(test)][["valence_pred", "arousal_pred"]].to_numpy() / 10
+    lines = (sub / f"{faceless[0]}.txt").read_text().splitlines()[1:]
+    assert np.array([[float(x) for x in line.split(",")] for line in lines]) == pytest.approx(
+        np.tile(seen.mean(0), (test[faceless[0]], 1)), abs=1e-6
+    )
     with zipfile.ZipFile(tmp_path / "results/abaw/submission.zip") as zf:
         assert sorted(zf.namelist()) == [p.name for p in files]
         assert all(zf.read(p.name) == p.read_bytes() for p in files)
@@ -351,7 +373,7 @@ def test_demo_in_aff_wild2_layout_end_to_end_to_the_challenge_files(tmp_path):
         keep = ~np.isnan(labels[:, 0])  # -5 rows are not scored
         truth.append(labels[keep])
         pred.append(values[keep])
-        face.append(np.array([k + 1 in crops[name] for k in np.flatnonzero(keep)]))
+        face.append(np.array([k + 1 in crops.get(name, ()) for k in np.flatnonzero(keep)], dtype=bool))
     truth, pred, face = np.concatenate(truth), np.concatenate(pred), np.concatenate(face)
     assert 0 < face.sum() < len(face)  # some annotated frames have no face: filled, and scored by ABAW
 
@@ -363,6 +385,9 @@ def test_demo_in_aff_wild2_layout_end_to_end_to_the_challenge_files(tmp_path):
     score = json.loads((tmp_path / "results/abaw/validation_score.json").read_text())["Validation_Set"]
     assert score["all_annotated_frames"]["mean_ccc"] == pytest.approx(mean_ccc(np.ones(len(face), bool)), abs=1e-9)
     assert score["all_annotated_frames"]["frames"] == len(face)
+    listed = json.loads((tmp_path / "results/abaw/validation_score.json").read_text())["videos_without_a_face"]
+    assert listed == {s: sorted(videos.index[(videos["subset"] == s) & (videos["n_crops"] == 0)]) for s in listed}
+    assert len(listed["Validation_Set"]) == 1 and list(listed["Test_Set"]) == list(faceless)
     filled = pd.read_csv(tmp_path / "results/abaw/no_face_frames.csv", dtype={"video": str})
     expected = sum(
         n - len(crops.get(v, ())) for v, n in videos["n_frames"].items() if v in test or v in validation.index

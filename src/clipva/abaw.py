@@ -4,6 +4,7 @@ One file per video, in the annotations' layout: the header ``valence,arousal``, 
 the video, every frame, also those without a face crop. Those frames get no prediction of their own (there
 is nothing to encode); they are filled by linear interpolation in time between the model's predictions of
 the nearest frames with a face (the first and last prediction carry to the ends) and listed in a side table.
+A video with no face crop at all gets the mean prediction of its set on every frame, also listed.
 
 The challenge scores the CCC of valence and of arousal over all annotated frames of the set pooled, and
 their mean. `score_files` computes that from the written files, and the same restricted to the frames with
@@ -27,6 +28,7 @@ from clipva.errors import BadInputError
 from clipva.metrics import ccc
 
 PRED = ["valence_pred", "arousal_pred"]
+SUBSETS = ("Validation_Set", "Test_Set")
 
 
 def fill_video(frames: np.ndarray, values: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,12 +62,21 @@ def _write_folder(folder: Path, files: dict[str, str]) -> None:
 def abaw_files(predictions: pd.DataFrame, videos: pd.DataFrame, subset: str) -> tuple[dict, pd.DataFrame]:
     """{<video>.txt: text} for every video of `subset`, and the side table of the frames filled in."""
     by_video = {v: t for v, t in predictions.groupby("clip_id")}
+    rows = videos[videos["subset"] == subset]
+    # A video in which no face was found has nothing to predict from: the mean prediction over the set's
+    # frames with a face, which leaves the set's pooled mean (and so CCC's bias term) as the model has it.
+    seen = predictions[predictions["clip_id"].isin(rows["video"])]
+    fallback = seen[PRED].to_numpy().mean(0) / VA_SCALE if len(seen) else np.zeros(2)
     files, filled_rows = {}, []
-    for row in videos[videos["subset"] == subset].itertuples():
+    for row in rows.itertuples():
         table = by_video.get(row.video)
-        if table is None or not len(table):
+        if row.n_crops == 0:
+            values, filled = np.tile(fallback, (int(row.n_frames), 1)), np.ones(int(row.n_frames), bool)
+        elif table is None or not len(table):
             raise BadInputError(f"the run's predictions have no frame of {subset} video {row.video}")
-        values, filled = fill_video(table["frame"].to_numpy(), table[PRED].to_numpy() / VA_SCALE, int(row.n_frames))
+        else:
+            frames, known = table["frame"].to_numpy(), table[PRED].to_numpy() / VA_SCALE
+            values, filled = fill_video(frames, known, int(row.n_frames))
         files[f"{row.video}.txt"] = video_file_text(values)
         filled_rows += [(row.video, subset, int(k)) for k in np.flatnonzero(filled) + 1]
     return files, pd.DataFrame(filled_rows, columns=["video", "set", "frame"])
@@ -101,7 +112,7 @@ def score_files(folder: Path, root: Path, videos: pd.DataFrame, subset: str = "V
         annotated = ~np.isnan(labels[:, 0])
         has_crop = np.zeros(len(labels), bool)
         numbers = crops.loc[row.video, "crops"]
-        has_crop[np.asarray(numbers, dtype=int) - 1] = True
+        has_crop[np.asarray(numbers if isinstance(numbers, list) else [], dtype=int) - 1] = True
         pred_all.append(pred[annotated])
         true_all.append(labels[annotated])
         face.append(has_crop[annotated])
@@ -133,5 +144,7 @@ def write_abaw(predictions_csv, videos_csv, frames_csv, root, out: dict) -> dict
             zf.writestr(name, text)
     write_text(out["sample"], sample_file_text(test_files))
     write_csv(out["filled"], pd.concat([test_filled, val_filled], ignore_index=True))
-    write_text(out["score"], json.dumps({"Validation_Set": score, "test_videos": len(test_files)}, indent=1) + "\n")
+    faceless = {s: sorted(videos.loc[(videos["subset"] == s) & (videos["n_crops"] == 0), "video"]) for s in SUBSETS}
+    summary = {"Validation_Set": score, "test_videos": len(test_files), "videos_without_a_face": faceless}
+    write_text(out["score"], json.dumps(summary, indent=1) + "\n")
     return score

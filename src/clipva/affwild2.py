@@ -41,6 +41,7 @@ VA_SCALE = float(VA_RANGE[1])  # the index keeps AFEW-VA's -10..10 scale, on whi
 VIDEO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$", re.ASCII)
 CROP_RE = re.compile(r"^(\d{1,9})\.jpg$", re.ASCII)
 PAIR_RE = re.compile(r"_(left|right)$", re.ASCII)
+COUNT_HINT = "the test set release's sample prediction file as split.test_list gives the count"
 VIDEO_COLUMNS = ["video", "actor", "subset", "n_frames", "frames_from", "n_crops", "n_labeled"]
 
 
@@ -266,29 +267,29 @@ def index_affwild2(
                 found([Problem(str(path), str(err).removeprefix(f"{path}: "))])
                 continue
             found(bad_lines)
-        if not folder.is_dir():
-            what = "annotation file" if path is not None else "test video"
-            found([Problem(str(folder), f"no face crops for this {what}: video left out", fatal=False)])
-            continue
-        if not inside(folder, real_root):
-            found([Problem(str(folder), f"links out of the data root {real_root}: not read")])
-            continue
-        crops, bad_crops = _list_crops(folder, real_root)
-        found(bad_crops)
-        if not crops:
-            found([Problem(str(folder), "video folder has no face crops (00001.jpg, ...): left out", fatal=False)])
-            continue
-        try:
-            size = _crop_size(crops[min(crops)])
-        except Exception as err:  # PIL raises many types for broken files
-            found([Problem(str(crops[min(crops)]), f"unreadable JPEG ({type(err).__name__}: {err}): video left out")])
-            continue
+        crops: dict[int, Path] = {}
+        size, why = None, "no face crop folder"
+        if folder.is_dir():
+            if not inside(folder, real_root):
+                found([Problem(str(folder), f"links out of the data root {real_root}: not read")])
+                continue
+            crops, bad_crops = _list_crops(folder, real_root)
+            found(bad_crops)
+            why = "an empty face crop folder (00001.jpg, ...)"
+            if crops:
+                try:
+                    size = _crop_size(crops[min(crops)])
+                except Exception as err:  # PIL raises many types for broken files
+                    what = f"unreadable JPEG ({type(err).__name__}: {err}): video left out"
+                    found([Problem(str(crops[min(crops)]), what)])
+                    continue
+        n_frames: int | None = None
         if labels is not None:
             n_frames, frames_from = len(labels), "annotation"
-            _note_gaps(problems, path, labels, crops)
+            if crops:
+                _note_gaps(problems, path, labels, crops)
+                why = "no face crop within the annotated frames"
             crops = {k: v for k, v in crops.items() if k <= n_frames}
-            if not crops:
-                continue
         elif test_frames[name] is not None:
             n_frames, frames_from = test_frames[name], "test list"
             beyond = [k for k in crops if k > n_frames]
@@ -296,12 +297,14 @@ def index_affwild2(
                 what = f"{len(beyond)} face crops lie beyond the test list's {n_frames} frames ({ranges(beyond)})"
                 found([Problem(str(folder), f"{what}: not used", fatal=False)])
                 crops = {k: v for k, v in crops.items() if k <= n_frames}
-        else:
+        elif crops:
             n_frames, frames_from = max(crops), "last face crop"
             what = f"the test list gives no frame count: {n_frames} frames, up to the last face crop"
-            hint = "the test set release's sample prediction file as split.test_list gives the count"
-            found([Problem(str(folder), f"{what} ({hint})", fatal=False)])
+            found([Problem(str(folder), f"{what} ({COUNT_HINT})", fatal=False)])
         if not crops:
+            found([_faceless(folder, subset, why, n_frames)])
+            if n_frames is not None and subset != SETS[0]:  # its challenge file is still written
+                rows.append([name, actor_of(name), subset, n_frames, frames_from, 0, 0])
             continue
         frames = _video_frames(name, actor_of(name), subset, crops, labels, size)
         tables.append(frames)
@@ -316,6 +319,21 @@ def index_affwild2(
     if not tables:
         raise BadInputError(f"{root}: no usable video found ({len(problems)} problems)")
     return pd.concat(tables, ignore_index=True), pd.DataFrame(rows, columns=VIDEO_COLUMNS), problems
+
+
+def _faceless(folder: Path, subset: str, why: str, n_frames: int | None) -> Problem:
+    """The note (or, for a test video of unknown length, the fatal problem) of a video without a face crop."""
+    if subset == SETS[0]:
+        return Problem(str(folder), f"{why}: video left out of training", fatal=False)
+    if n_frames is None:
+        return Problem(str(folder), f"{why}, and the test list gives no frame count: no submission file ({COUNT_HINT})")
+    what = "submission" if subset == TEST_SET else "challenge (results/abaw/validation)"
+    scored = "" if subset == TEST_SET else "not scored by evaluate; "
+    return Problem(
+        str(folder),
+        f"{why}: {scored}its {what} file gives all {n_frames} frames the mean prediction of the {subset} videos",
+        fatal=False,
+    )
 
 
 def _note_gaps(problems: list[Problem], path: Path, labels: np.ndarray, crops: dict[int, Path]) -> None:

@@ -45,12 +45,16 @@ def make_affwild2_demo(
     size: int = 112,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     other_videos: int = 1,
+    faceless: bool = True,
     seed: int = 0,
     dynamics: Dynamics | Mapping | None = None,
 ) -> dict:
     """Write the data set under `root`: annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/*.txt,
     cropped_aligned/<video>/%05d.jpg, and test_set.txt (the test videos as the release's sample prediction file:
     a row per frame, no annotations).
+
+    With `faceless`, one more validation and one more test video have frames but no face crop at all (no
+    crop folder), as a video where the detector never found a face.
 
     Returns {"root", "videos": {name: {"set", "n_frames", "no_face", "unannotated"}}, "test_list", "quirks"}.
     """
@@ -106,6 +110,16 @@ def make_affwild2_demo(
                 quirks.append(f"{name}: frames {no_face[0] + 1}-{no_face[-1] + 1} have no face crop")
             if unannotated:
                 quirks.append(f"{name}: frames 1-2 are marked -5")
+    for j, subset in enumerate((SETS[1], "Test_Set") if faceless else ()):  # after the others: they stay as they are
+        name = f"{len(bases) + j + 1}-30-{SOURCE_SIZE[0]}x{SOURCE_SIZE[1]}"
+        actor = _make_actor(seed, 20_000 + j)
+        _, annotations = _render_clip(seed, 20_000 + j, actor, SOURCE_SIZE, min_frames, max_frames, dynamics)
+        n = len(annotations)
+        if subset != "Test_Set":
+            rows = [f"{annotations[t]['valence'] / 10:.3f},{annotations[t]['arousal'] / 10:.3f}" for t in range(n)]
+            (root / ANNOTATIONS / subset / f"{name}.txt").write_text("\n".join([HEADER, *rows]) + "\n")
+        videos[name] = {"set": subset, "n_frames": n, "no_face": list(range(1, n + 1)), "unannotated": []}
+        quirks.append(f"{name}: no face crop at all")
     for j in range(other_videos):  # a video of another ABAW track: crops, no VA annotation
         folder = root / CROPS / f"other-track-{j + 1}"
         folder.mkdir(parents=True, exist_ok=True)
