@@ -2,10 +2,11 @@
 
 For each test clip of a finished run (the README's main command, and `snakemake results/runs/main/model`),
 the run's exported model predicts four ways, and each is correlated with the labels (pooled over the
-labelled frames of the test clips):
+labelled frames of the test clips) and with its predictions from the crops it was trained on:
 
 - png_landmarks: the PNG frames cropped around the annotated landmark box, as in training and evaluation;
-- png_detector : the PNG frames cropped around the face detector's tracked box, as `clipva predict` crops;
+- png_detector : the PNG frames cropped around the face detector's tracked box, as `clipva predict` crops
+  (and as training does with face_crop.method: detector);
 - video_landmarks, video_detector: the same on the frames of an mp4 (libx264, 10 fps) made from the PNGs.
 
     .venv/bin/python benchmarks/crop_boxes.py            # in the repository root, after the main command
@@ -68,15 +69,19 @@ def main() -> None:
             labels.append(rows[["valence", "arousal"]].to_numpy(dtype=float))
     labels = np.concatenate(labels)
     labelled = ~np.isnan(labels).any(axis=1)
-    reference = np.concatenate(out["png_landmarks"])
-    print(f"run {args.run}: {len(out['png_landmarks'])} test clips, {labelled.sum()} labelled frames")
+    trained_on = "png_detector" if model.face_crop["method"] == "detector" else "png_landmarks"
+    reference = np.concatenate(out[trained_on])
+    print(
+        f"run {args.run} (face_crop.method {model.face_crop['method']}): {len(out['png_landmarks'])} test clips, "
+        f"{labelled.sum()} labelled frames"
+    )
     for way in ways:
         pred = np.concatenate(out[way])
         corr = [np.corrcoef(pred[labelled, k], labels[labelled, k])[0, 1] for k in range(2)]
         same = [np.corrcoef(pred[:, k], reference[:, k])[0, 1] for k in range(2)]
         print(
             f"{way:16s}: correlation with the labels valence {corr[0]:.3f} arousal {corr[1]:.3f}; "
-            f"with png_landmarks' predictions {same[0]:.3f} {same[1]:.3f}"
+            f"with {trained_on}'s predictions (the training crops) {same[0]:.3f} {same[1]:.3f}"
         )
 
 

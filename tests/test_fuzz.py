@@ -36,7 +36,14 @@ from clipva.annotated_videos import convert_annotated_videos, read_labels
 from clipva.checkpoints import load_head, save_head
 from clipva.errors import BadInputError, ClipvaError, ConfigError
 from clipva.head import HeadConfig, TemporalHead
-from clipva.model_folder import MODEL_FILE, check_files, export_model, load_head_weights, read_model_config
+from clipva.model_folder import (
+    CROP_METHODS,
+    MODEL_FILE,
+    check_files,
+    export_model,
+    load_head_weights,
+    read_model_config,
+)
 from clipva.predict import load_model
 from clipva.settings import check_config
 from clipva.windows import Window
@@ -440,7 +447,7 @@ model_docs = st.fixed_dictionaries(
             st.sampled_from(["auto", "fp32", "bf16"]),
         ),
         "face_crop": st.fixed_dictionaries(
-            {"method": st.sampled_from(["landmarks", "none"]), "margin": st.floats(0, 1) | st.integers(0, 2)}
+            {"method": st.sampled_from(CROP_METHODS), "margin": st.floats(0, 1) | st.integers(0, 2)}
         ),
         "backbone": st.sampled_from(["frozen", "lora"]),
         "head": st.builds(
@@ -492,7 +499,7 @@ def test_model_config_reader_keeps_weights_inside_the_folder_or_names_the_file(f
             event(f"read, weights: {doc['clip']['pretrained'] and Path(doc['clip']['pretrained']).name}")
             weights = doc["clip"]["pretrained"]
             assert weights in (None, "openai") or Path(weights) == (model / "clip_weights.safetensors").resolve()
-            assert doc["backbone"] in ("frozen", "lora") and doc["face_crop"]["method"] in ("landmarks", "none")
+            assert doc["backbone"] in ("frozen", "lora") and doc["face_crop"]["method"] in CROP_METHODS
             assert math.isfinite(doc["face_crop"]["margin"]) and isinstance(doc["head"], HeadConfig)
             TemporalHead(doc["head"])
             assert isinstance(doc["window"], Window)

@@ -17,7 +17,7 @@ from clipva.annotated_videos import box_outline, convert_annotated_videos, match
 from clipva.crop import load_rgb
 from clipva.demo import make_demo
 from clipva.errors import BadInputError
-from clipva.faces import Detection, FaceDetector, iou, track_main_face
+from clipva.faces import Detection, FaceDetector, detector_boxes, iou, track_main_face
 from clipva.video import VIDEO_SUFFIXES, decode, list_videos, probe, write_video
 
 N, FPS = 30, 10
@@ -192,6 +192,29 @@ def test_face_track_matches_landmark_boxes(clip):
     assert track["face_found"].all() and (track["box_source"] == "detected").all()
     overlaps = [iou(track.loc[i, BOX_COLUMNS].to_numpy(float), box) for i, box in boxes.items()]
     assert np.mean(np.array(overlaps) > 0.5) >= 0.9 and np.median(overlaps) > 0.7, overlaps
+
+
+@needs_detector
+def test_training_frames_get_the_boxes_prediction_finds(demo_root, tmp_path):
+    """face_crop.method detector: the index's frames keep their rows, with the box clipva predict would find."""
+    frames, _ = index_dataset(demo_root)
+    boxed, found = detector_boxes(frames, FaceDetector())
+    assert boxed.drop(columns=[*BOX_COLUMNS, "box_source"]).equals(frames.drop(columns=[*BOX_COLUMNS, "box_source"]))
+    assert set(boxed["box_source"]) <= {"detected", "interpolated"} and boxed[BOX_COLUMNS].notna().all().all()
+    assert found["frames"].sum() == len(frames) and found["faces_found"].sum() >= 0.95 * len(frames)
+    marked = frames["box_source"] == "landmarks"  # frames with annotated landmarks
+    pairs = zip(boxed.loc[marked, BOX_COLUMNS].to_numpy(), frames.loc[marked, BOX_COLUMNS].to_numpy(), strict=True)
+    overlaps = [iou(a, b) for a, b in pairs]
+    assert np.median(overlaps) > 0.75 and np.mean(np.array(overlaps) < 0.5) < 0.05
+    # a frame that cannot be decoded: named, or with skip a frame without a face whose box is interpolated
+    bad = frames.copy()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad.loc[3, "path"] = str(broken)
+    with pytest.raises(BadInputError, match="broken.png"):
+        detector_boxes(bad, FaceDetector())
+    skipped, _ = detector_boxes(bad, FaceDetector(), skip_bad=True)
+    assert skipped.loc[3, "box_source"] == "interpolated" and skipped.loc[3, BOX_COLUMNS].notna().all()
 
 
 @needs_detector

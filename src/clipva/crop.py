@@ -63,8 +63,8 @@ def square_box(x0: float, y0: float, x1: float, y1: float, margin: float) -> tup
 
 def crop_margin(face_crop: dict) -> float | None:
     """The face-crop policy of a config's ``face_crop`` section, in one place: the margin around the face box
-    (method ``landmarks``), or None when frames are used whole (``none``)."""
-    return float(face_crop.get("margin", 0.0)) if face_crop["method"] == "landmarks" else None
+    (methods ``landmarks`` and ``detector``), or None when frames are used whole (``none``)."""
+    return None if face_crop["method"] == "none" else float(face_crop.get("margin", 0.0))
 
 
 def crop_face(image: Image.Image, box: tuple[float, float, float, float] | None, margin: float) -> Image.Image:

@@ -221,3 +221,42 @@ def track_main_face(
     table.loc[found, "score"] = [main[f].score for f in found]
     table.loc[found, "box_source"] = "detected"
     return table
+
+
+def detector_boxes(
+    frames: pd.DataFrame,
+    detector: FaceDetector,
+    window: int = 5,
+    skip_bad: bool = False,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The index's frame table with every frame's face box found as `clipva predict` finds it (detected in each
+    frame, the main face tracked and smoothed over `window` frames of its clip, interpolated where it was not
+    found), instead of the annotated landmarks: a model trained on these crops sees faces framed as it will in
+    prediction. Returns (the table with box_source "detected", "interpolated" or "none", one row per clip:
+    clip_id, frames, faces found). A frame that cannot be decoded raises BadInputError, or with `skip_bad`
+    counts as one without a face (extraction reports and leaves it out)."""
+    from tqdm import tqdm
+
+    from clipva.crop import load_rgb
+    from clipva.errors import BadInputError
+
+    out, rows = frames.copy(), []
+    bar = tqdm(total=len(frames), unit="frame", desc="faces", disable=not progress, mininterval=5)
+    for clip_id, clip in frames.groupby("clip_id", sort=False):
+        clip = clip.sort_values("frame")  # tracking runs in time order
+        detections = []
+        for path in clip["path"]:
+            try:
+                detections.append(detector(load_rgb(path)))
+            except BadInputError:
+                if not skip_bad:
+                    raise
+                detections.append([])
+            bar.update()
+        track = track_main_face(detections, window=window, fill="interpolate")
+        out.loc[clip.index, BOX_COLUMNS] = track[BOX_COLUMNS].to_numpy()
+        out.loc[clip.index, "box_source"] = track["box_source"].to_numpy()
+        rows.append({"clip_id": clip_id, "frames": len(clip), "faces_found": int(track["face_found"].sum())})
+    bar.close()
+    return out, pd.DataFrame(rows, columns=["clip_id", "frames", "faces_found"])

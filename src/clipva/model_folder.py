@@ -42,7 +42,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md"
 CHECKPOINT_FILE = "clip_weights.safetensors"  # a local CLIP checkpoint, converted, inside the folder
 CARD_FILE = "README.md"
 SAFE_SUFFIXES = (".json", ".md", ".safetensors")  # text, or tensors with a JSON header: nothing runs
-CROP_METHODS = ("landmarks", "none")
+CROP_METHODS = ("landmarks", "detector", "none")
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
@@ -117,6 +117,13 @@ def _card(doc: dict) -> str:
         "Use: `clipva predict VIDEO --model THIS_FOLDER`. The folder holds JSON, Markdown and safetensors only;",
         "clipva refuses a model folder with any other file (a pickle included).",
     ]
+    if doc["face_crop"]["method"] == "landmarks":
+        lines += [
+            "",
+            "Trained on crops around annotated landmarks, whose box moves with the expression. `clipva predict`",
+            "crops around the detected face, whose box does not: on video its curves differ from what it scored",
+            "above. A model meant for videos is trained with `face_crop.method: detector`.",
+        ]
     return "\n".join(lines) + "\n"
 
 

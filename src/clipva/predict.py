@@ -61,6 +61,13 @@ class Model:
     face_crop: dict
 
 
+LANDMARK_MODEL = (
+    "%s was trained on crops around annotated landmarks, whose box moves with the expression; here faces are "
+    "cropped around the detected box, which does not, so its curves differ from what it scored in evaluation "
+    "(docs/videos.md#the-face-detector). A model meant for videos is trained with face_crop.method: detector"
+)
+
+
 def load_model(model_dir: str | Path) -> Model:
     """A model folder (`clipva.model_folder`) ready to predict on this machine's device."""
     model_dir = Path(model_dir)
@@ -72,6 +79,8 @@ def load_model(model_dir: str | Path) -> Model:
 
         visual = load_adapters(encoder, model_dir / ADAPTER_DIR).to(encoder.device)
     head = load_head_weights(model_dir, doc["head"], encoder.device)
+    if doc["face_crop"]["method"] == "landmarks":
+        log.warning(LANDMARK_MODEL, model_dir)
     return Model(encoder, visual, head, doc["window"], doc["face_crop"])
 
 

@@ -63,6 +63,9 @@ AFFWILD2_DEMO = "results/demo/affwild2"  # the synthetic data set in Aff-Wild2's
 VIDEO_TABLE = "results/index/videos.csv"  # Aff-Wild2: every video's set and frame count
 VIDEOS_ROOT = "results/videos/afew-va"  # annotated videos (dataset.format: videos) in AFEW-VA layout
 FRAMES = "results/index/frames.csv"
+# face_crop.method detector: the frames with the boxes a detector finds, as `clipva predict` crops
+DETECTED_FRAMES = "results/index/frames_detected.csv"
+CROP_FRAMES = DETECTED_FRAMES if config["face_crop"]["method"] == "detector" else FRAMES
 CLIPS = "results/index/clips.csv"
 REPORT = "results/index/validation_report.txt"
 N_SHARDS = config["features"]["shards"]
@@ -244,7 +247,7 @@ def lora_inputs(stage):
     def inputs(wildcards):
         if not is_lora(exp_run(wildcards)):
             return {}
-        found = {"frames": FRAMES}
+        found = {"frames": CROP_FRAMES}
         if stage:
             found["adapter"] = f"results/{wildcards.exp}/{stage}/adapter"
         return found

@@ -85,6 +85,26 @@ else:
             "../scripts/index.py"
 
 
+rule detect_faces:
+    input:
+        FRAMES,
+    output:
+        frames=DETECTED_FRAMES,
+        faces="results/index/faces_detected.csv",
+    log:
+        "logs/detect_faces.log",
+    conda:
+        "../../envs/clipva.yaml"
+    threads: 1
+    params:
+        min_score=config["predict"]["min_score"],
+        smooth_window=config["predict"]["smooth_window"],
+        on_bad_input=config["dataset"]["on_bad_input"],
+        code=code_version("../scripts/detect_faces.py"),
+    script:
+        "../scripts/detect_faces.py"
+
+
 rule split:
     input:
         FRAMES,

@@ -1,6 +1,6 @@
 rule extract_features:
     input:
-        FRAMES,
+        CROP_FRAMES,
     output:
         SHARD,
     log:
