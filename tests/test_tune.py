@@ -21,6 +21,7 @@ from clipva.tune import (
     open_study,
     plot_study,
     search,
+    start_params,
     study_name,
     suggest,
     summarise,
@@ -97,6 +98,16 @@ def test_suggest_gives_choices_integers_and_log_floats():
     assert ((0.1 <= eps) & (eps <= 100)).all() and (eps < 1).sum() >= 5  # log scale: a third below 1
 
 
+def test_the_search_starts_from_the_settings_the_space_holds():
+    assert start_params(SPACE, SETTINGS) == {
+        "head.type": "transformer",
+        "head.whitening_eps": 10.0,
+        "finetune.epochs": 2,
+    }
+    outside = {"head.type": {"choices": ["gru", "none"]}, "head.whitening_eps": {"low": 20.0, "high": 100.0}}
+    assert start_params({**SPACE, **outside}, SETTINGS) == {"finetune.epochs": 2}  # the rest left to the sampler
+
+
 def test_tuning_folds_keep_the_test_split_out_and_actors_together():
     clips, _ = _data()
     folds = tuning_folds(clips, 3)
@@ -116,6 +127,9 @@ def test_search_resumes_and_adds_only_the_missing_trials(tmp_path):
     assert search(clips, features, SETTINGS, SPACE, 3, 2, journal, key) == 0
     study = open_study(journal, study_name(key))
     assert len(study.trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    start = study.trials[0]  # the run's own settings come first, once
+    assert start.params == {"head.type": "transformer", "head.whitening_eps": 10.0, "finetune.epochs": 2}
+    assert start.user_attrs["start"] and not any(t.user_attrs.get("start") for t in study.trials[1:])
     best, table, _ = summarise(journal, study_name(key))
     assert len(table) == 3 and set(best) <= {"head", "finetune"}
     assert best["head"]["type"] in ("transformer", "none") and 1 <= best["finetune"]["epochs"] <= 3
@@ -250,7 +264,9 @@ def test_tune_killed_and_resumed_gives_a_usable_best_config(built, tmp_path):
     assert set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}  # the killed trial failed, the first one kept
     assert trials.loc[trials["number"] == 0, "state"].item() == "COMPLETE"
     assert json.loads((tmp_path / "results/tune/workers/0.json").read_text())["trials_run"] <= 2  # only the rest
-    best = yaml.safe_load((tmp_path / "results/tune/best.yaml").read_text())
+    text = (tmp_path / "results/tune/best.yaml").read_text()
+    assert "The run's own settings (trial 0):" in text  # the start it is compared with
+    best = yaml.safe_load(text)
     assert set(best) == {"head", "finetune"} and best["finetune"]["loss"] in ("mse", "ccc")
     for png in ("history.png", "importance.png"):
         assert (tmp_path / "results/tune" / png).stat().st_size > 1000

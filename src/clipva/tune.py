@@ -3,7 +3,8 @@
 A trial samples the settings named in the search space, fine-tunes a fresh head on cached features in
 each of `folds` folds of the training and validation clips (the test split is never read) and is scored by
 the mean of the folds' best validation mean CCC; after each fold it reports the running mean, so the pruner
-stops trials that are already worse than the median. The study lives in an Optuna journal file, so a killed
+stops trials that are already worse than the median. The first trial is the run's own settings, the point
+every other trial is compared with. The study lives in an Optuna journal file, so a killed
 search resumes where it stopped and several jobs (on one machine or on cluster nodes sharing the folder) add
 trials to the same study; the study's name is a hash of the search, so a changed space starts afresh.
 """
@@ -33,6 +34,7 @@ from clipva.training import finetune, head_config, new_head
 log = logging.getLogger(__name__)
 SECTIONS = ("head", "finetune")
 FINISHED = ("COMPLETE", "PRUNED")
+START = "start"  # user attribute of the trial of the run's own settings
 
 
 def _optuna():
@@ -69,6 +71,19 @@ def suggest(trial, space: dict) -> dict:
         else:
             value = trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
         out.setdefault(section, {})[key] = value
+    return out
+
+
+def start_params(space: dict, settings: dict) -> dict:
+    """The trial parameters of the settings a search starts from: each searched setting's own value, where the
+    space holds it (one outside its range or choices is left to the sampler)."""
+    out = {}
+    for name, dist in space.items():
+        section, _, key = name.partition(".")
+        value = settings[section][key]
+        inside = value in dist["choices"] if "choices" in dist else dist["low"] <= value <= dist["high"]
+        if inside:
+            out[name] = value
     return out
 
 
@@ -170,6 +185,11 @@ def search(
     mine: list[int] = []  # the numbers of the trials this job runs
 
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    if not study.trials:
+        # The first trial is the run's own settings, so the search says whether it beats them (and the best
+        # trial is never worse than the start on these folds). Another job starting the same study at once
+        # finds it queued and does not add it twice.
+        study.enqueue_trial(start_params(space, settings), user_attrs={**owner, START: True}, skip_if_exists=True)
 
     def objective(trial) -> float:
         mine.append(trial.number)
@@ -278,9 +298,11 @@ def summary_files(worker_records: list[str], journal: str, folds: int, out: dict
     if len(studies) != 1:
         raise ClipvaError(f"tune: the workers searched different studies {sorted(studies)}; run the search again")
     best, table, study = summarise(journal, studies.pop())
+    start = [t for t in study.trials if t.user_attrs.get(START) and t.state.name == "COMPLETE"]
+    against = f" The run's own settings (trial {start[0].number}): {start[0].value:.4f}." if start else ""
     header = (
-        f"# The best of {len(table)} trials of the search: mean validation CCC "
-        f"{study.best_value:.4f} over {folds} folds of the training and validation clips.\n"
+        f"# The best of {len(table)} trials of the search (trial {study.best_trial.number}): mean validation CCC "
+        f"{study.best_value:.4f} over {folds} folds of the training and validation clips.{against}\n"
         f"# Use it as a config file: --configfile {out['best']}\n"
     )
     write_text(out["best"], header + yaml.safe_dump(best, sort_keys=True))
