@@ -137,6 +137,29 @@ def test_search_resumes_and_adds_only_the_missing_trials(tmp_path):
     assert (tmp_path / "history.png").stat().st_size > 1000 and (tmp_path / "importance.png").stat().st_size > 1000
 
 
+def test_only_trials_hopeless_over_two_folds_are_pruned(tmp_path, monkeypatch):
+    clips, features = _data()
+    # each trial's fold scores, by its learning rate: six fair trials, one that only the first fold dislikes,
+    # one that every fold dislikes
+    folds = {0.001 * (k + 1): [0.5, 0.5, 0.5] for k in range(6)} | {0.5: [0.1, 0.9, 0.9], 0.9: [0.1, 0.1, 0.1]}
+    calls: dict[float, int] = {}
+
+    def fold_score(train, val, head, window, cfg):
+        k = calls[cfg["lr"]] = calls.get(cfg["lr"], -1) + 1
+        return None, [], {"epoch": 0, "val_mean_ccc": folds[cfg["lr"]][k]}
+
+    monkeypatch.setattr("clipva.tune.finetune", fold_score)
+    journal, key, space = tmp_path / "study.journal", {"test": 3}, {"finetune.lr": {"low": 1e-4, "high": 1.0}}
+    study = open_study(journal, study_name(key))
+    for lr in folds:
+        study.enqueue_trial({"finetune.lr": lr})
+    assert search(clips, features, SETTINGS, space, len(folds), 3, journal, key) == len(folds)
+    trials = {t.params["finetune.lr"]: t for t in open_study(journal, study_name(key)).trials}
+    assert trials[0.5].state.name == "COMPLETE"  # one bad fold is not enough
+    assert trials[0.9].state.name == "PRUNED" and set(trials[0.9].intermediate_values) == {0, 1}
+    assert all(trials[lr].state.name == "COMPLETE" for lr in list(folds)[:6])
+
+
 def test_a_search_whose_trials_have_no_score_ends(tmp_path, monkeypatch):
     clips, features = _data()
     nan = {"epoch": -1, "val_mean_ccc": float("nan")}  # e.g. a validation fold with constant predictions
