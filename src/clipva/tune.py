@@ -139,11 +139,29 @@ def open_study(journal: str | Path, name: str):
         study_name=name,
         direction="maximize",
         load_if_exists=True,
-        # Hopeless trials only: below the lowest quarter, once two folds are averaged. One fold says little
-        # here (the folds' order of the settings differs), and a median cut on it prunes settings that the
-        # other folds rank first.
-        pruner=optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1),
+        pruner=_hopeless_pruner(optuna),
     )
+
+
+def _hopeless_pruner(optuna, percentile: float = 25.0, startup: int = 5, first_step: int = 1):
+    """Prunes a trial whose running mean over the folds so far is below the `percentile` of the running means
+    that the complete trials had after as many folds, from the second fold on (`first_step`) and once
+    `startup` trials are complete. One fold says little: on the demo the first fold ranks the settings
+    against the other folds. Optuna's percentile and median pruners compare the best value a trial
+    reported at any step, which for a running mean over folds is mostly the first fold's."""
+
+    class HopelessPruner(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None or step < first_step:
+                return False
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            others = [t.intermediate_values[step] for t in complete if step in t.intermediate_values]
+            if len(complete) < startup or not others:
+                return False
+            return trial.intermediate_values[step] < np.percentile(others, percentile)
+
+    return HopelessPruner()
 
 
 def fail_abandoned_trials(study) -> int:
