@@ -208,8 +208,8 @@ def search(
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
     if not study.trials:
         # The first trial is the run's own settings, so the search says whether it beats them (and the best
-        # trial is never worse than the start on these folds). Another job starting the same study at once
-        # finds it queued and does not add it twice.
+        # trial is never worse than the start on these folds). A job that opens the study after another
+        # queued it does not queue it again (two opening it in the same instant may both run it).
         study.enqueue_trial(start_params(space, settings), user_attrs={**owner, START: True}, skip_if_exists=True)
 
     def objective(trial) -> float:
