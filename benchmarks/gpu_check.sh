@@ -11,7 +11,8 @@
 #   - one frozen and one LoRA fine-tuning epoch on the demo (ViT-B-32; the finetune rules' benchmark files).
 # Without CUDA it runs the same steps at toy sizes (clipva-tiny throughout) in a few minutes on 2 cores: the
 # script itself is tested that way (tests/test_benchmarks.py). Python and snakemake come from .venv unless
-# PYTHON (and SNAKEMAKE) name others.
+# PYTHON (and SNAKEMAKE) name others. STEP_TIMEOUT (seconds) ends a step that runs longer, so that one slow
+# step cannot use up a short lease of the GPU and leave no table: the step's row says it timed out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -37,10 +38,16 @@ row() { ROWS+=("| $1 | $3 | $2 |"); }
 # timed NAME LOG CMD...: run CMD with its output in LOG; sets RC and SECONDS_TAKEN
 timed() {
     local start=$SECONDS
-    "${@:3}" >"$2" 2>&1
+    timeout "${STEP_TIMEOUT:-0}" "${@:3}" >"$2" 2>&1
     RC=$?
     SECONDS_TAKEN=$((SECONDS - start))
+    [ $RC -ne 124 ] || echo "(ended by STEP_TIMEOUT after ${STEP_TIMEOUT} s)" >>"$2"
     [ $RC -eq 0 ] || echo "$1 failed (exit $RC); its log: $2" >&2
+}
+
+# failed LOG: the result of a step that did not finish
+failed() {
+    if [ "$RC" -eq 124 ]; then echo "FAILED (timed out after ${STEP_TIMEOUT} s, $1)"; else echo "FAILED (exit $RC, $1)"; fi
 }
 
 # line LOG PATTERN: the first line of LOG that starts with PATTERN, squeezed
@@ -62,7 +69,7 @@ if [ $RC -eq 0 ]; then
     row "tiny workflow end to end" "$SECONDS_TAKEN" \
         "ok: $("$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print('test mean CCC %.3f' % m['pooled']['mean_ccc'])" "$work/results/runs/main/eval/metrics.json")"
 else
-    row "tiny workflow end to end" "$SECONDS_TAKEN" "FAILED (exit $RC, $OUT/tiny.log)"
+    row "tiny workflow end to end" "$SECONDS_TAKEN" "$(failed "$OUT/tiny.log")"
 fi
 
 # 2. extraction: end to end against the encoder alone
@@ -71,7 +78,7 @@ timed extraction "$OUT/extraction.log" "$PYTHON" benchmarks/extraction.py --mode
 if [ $RC -eq 0 ]; then
     row "extraction $MODEL, $FRAME frames" "$SECONDS_TAKEN" "$(line "$OUT/extraction.log" "end to end"); $(line "$OUT/extraction.log" "encoder only" | cut -d'(' -f1); $(line "$OUT/extraction.log" "ratio" | cut -d'(' -f1)"
 else
-    row "extraction $MODEL, $FRAME frames" "$SECONDS_TAKEN" "FAILED (exit $RC, $OUT/extraction.log)"
+    row "extraction $MODEL, $FRAME frames" "$SECONDS_TAKEN" "$(failed "$OUT/extraction.log")"
 fi
 
 # 3. a LoRA training step of 64 frames
@@ -80,7 +87,7 @@ timed "training step" "$OUT/training_step.log" "$PYTHON" benchmarks/training_ste
 if [ $RC -eq 0 ]; then
     row "LoRA step, $STEP_MODEL, 8 x 8 frames" "$SECONDS_TAKEN" "$(line "$OUT/training_step.log" "LoRA end to end")"
 else
-    row "LoRA step, $STEP_MODEL, 8 x 8 frames" "$SECONDS_TAKEN" "FAILED (exit $RC, $OUT/training_step.log)"
+    row "LoRA step, $STEP_MODEL, 8 x 8 frames" "$SECONDS_TAKEN" "$(failed "$OUT/training_step.log")"
 fi
 
 # 4. one frozen and one LoRA fine-tuning epoch on the demo
@@ -105,7 +112,7 @@ for run in main lora; do
     if [ -f "$tsv" ]; then
         row "$name" "$(awk 'NR == 2 {printf "%.0f", $1}' "$tsv")" "ok: $(grep -h -m1 'finetune epoch 1/' "$work/logs/runs/$run/finetune.log" | sed 's/.*finetune epoch/epoch/')"
     else
-        row "$name" "$SECONDS_TAKEN" "FAILED (exit $RC, $OUT/demo.log)"
+        row "$name" "$SECONDS_TAKEN" "$(failed "$OUT/demo.log")"
     fi
 done
 

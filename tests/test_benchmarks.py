@@ -181,3 +181,22 @@ def test_affwild2_scale_runs_every_step_and_compares_sizes(tmp_path):
     assert all(" (18) |" in row for row in rows)  # the dry run's jobs do not grow with the videos
     assert "20 -> 40 videos: index" in out and "fit" in out
     assert not list(tmp_path.iterdir())  # the data sets are removed
+
+
+def test_gpu_check_step_timeout_ends_each_step_and_says_so(tmp_path):
+    """A GPU lease is short: with STEP_TIMEOUT a step that runs too long is ended, its row says so, the table
+    is still printed, and the script's exit status says that not every check ran."""
+    env = {**os.environ, "PYTHON": sys.executable, "STEP_TIMEOUT": "1"}
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode != 0
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 5
+    assert all("FAILED (timed out after 1 s" in row for row in rows), rows
+    assert "ended by STEP_TIMEOUT after 1 s" in (tmp_path / "logs" / "tiny.log").read_text()
