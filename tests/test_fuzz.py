@@ -451,9 +451,17 @@ model_docs = st.fixed_dictionaries(
         ),
         "backbone": st.sampled_from(["frozen", "lora"]),
         "head": st.builds(
-            lambda kind, smoothing: {**HEAD, "type": kind, "smoothing": smoothing},
+            lambda kind, smoothing, readout, centres: {
+                **HEAD,
+                "type": kind,
+                "smoothing": smoothing,
+                "readout": readout,
+                "kernel_centres": centres,
+            },
             st.sampled_from(["transformer", "conv", "gru", "none"]),
             st.booleans(),
+            st.sampled_from(["linear", "kernel"]),
+            st.integers(1, 64),
         ),
         "window": st.integers(1, 64).flatmap(lambda n: st.builds(dict, window=st.just(n), stride=st.integers(1, n))),
     },
@@ -564,9 +572,12 @@ def test_frame_or_annotation_linking_out_of_the_root_is_not_read(tmp_path):
         index_dataset(root, "error")
 
 
-def _exported(tmp_path: Path, pretrained: str | None = None) -> Path:
+def _exported(tmp_path: Path, pretrained: str | None = None, **head_settings) -> Path:
     """A model folder exported from a real (untrained) head checkpoint."""
-    head = TemporalHead(HeadConfig(**HEAD))
+    head = TemporalHead(HeadConfig(**{**HEAD, **head_settings}))
+    if head.cfg.readout == "kernel":
+        head.set_kernel(torch.randn(5, HEAD["in_dim"], dtype=torch.float64), 0.1)
+        torch.nn.init.normal_(head.kernel.weight)
     save_head(tmp_path / "best.pt", head, Window(16, 8))
     settings = {
         "clip": {"model": "clipva-tiny", "pretrained": pretrained, "precision": "fp32"},
@@ -664,3 +675,17 @@ def test_exported_model_carries_its_local_checkpoint_inside_the_folder_as_safete
     again = load_clip("clipva-tiny", doc["clip"]["pretrained"], "fp32", "cpu")
     for (name, want), got in zip(clip.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+
+def test_a_kernel_readout_head_exports_and_loads_the_same_and_too_many_centres_are_refused(tmp_path):
+    model = _exported(tmp_path, readout="kernel", kernel_centres=12)
+    head, _ = load_head(tmp_path / "best.pt")
+    doc = read_model_config(model)
+    loaded = load_head_weights(model, doc["head"], torch.device("cpu"))
+    x = torch.randn(2, 16, 8)
+    assert loaded(x)[0].abs().max() > 0
+    torch.testing.assert_close(loaded(x), head.eval()(x), rtol=0, atol=0)
+    raw = json.loads((model / MODEL_FILE).read_text())
+    (model / MODEL_FILE).write_text(json.dumps({**raw, "head": {**raw["head"], "kernel_centres": 10**9}}))
+    with pytest.raises(BadInputError, match=r"model\.json: head .* cannot be built \(head kernel_centres"):
+        read_model_config(model)

@@ -163,3 +163,36 @@ def test_unknown_type_or_output_is_refused():
         TemporalHead(replace(CFG, type="lstm"))
     with pytest.raises(ValueError, match="output"):
         TemporalHead(replace(CFG, output="relu"))
+
+
+def test_kernel_readout_is_the_nystroem_expansion_on_its_centres():
+    """At its centres the kernel readout's inputs reproduce the Gaussian kernel exactly (phi phi^T = K), unused
+    centre slots add nothing, and the expansion is saved with the head and restored from its state."""
+    cfg = replace(CFG, readout="kernel", kernel_centres=8)
+    head = TemporalHead(cfg).eval()
+    centres = torch.randn(5, CFG.in_dim, dtype=torch.float64)
+    head.set_kernel(centres, gamma=0.05)
+    phi = head.kernel_features(centres.float())
+    kernel = torch.exp(-0.05 * torch.cdist(centres, centres).square()).float()
+    torch.testing.assert_close(phi @ phi.T, kernel, atol=1e-4, rtol=1e-4)
+    assert phi.shape == (5, 8) and phi[:, 5:].abs().max() == 0
+    with torch.no_grad():
+        head.linear.weight.normal_(0, 0.3)
+        head.kernel.weight.normal_(0, 0.3)
+    loaded = TemporalHead(HeadConfig(**json.loads(json.dumps(asdict(cfg)))))
+    loaded.load_state_dict(head.state_dict())
+    x = torch.randn(1, 7, CFG.in_dim)
+    torch.testing.assert_close(head(x)[0], loaded.eval()(x)[0])
+
+
+def test_a_linear_readout_saves_what_it_saved_before_the_kernel_readout_existed():
+    kernel = {"centres", "nystroem", "kernel_gamma", "kernel.weight", "kernel.bias"}
+    assert not kernel & set(_head().state_dict())
+    assert kernel <= set(TemporalHead(replace(CFG, readout="kernel")).state_dict())
+
+
+def test_unknown_readout_or_too_many_centres_is_refused():
+    with pytest.raises(ValueError, match="readout 'quadratic'"):
+        TemporalHead(replace(CFG, readout="quadratic"))
+    with pytest.raises(ValueError, match="kernel_centres"):
+        TemporalHead(replace(CFG, readout="kernel", kernel_centres=10**9))

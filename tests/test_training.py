@@ -261,3 +261,33 @@ def test_only_fp16_on_a_gpu_scales_gradients(monkeypatch):
     assert scaler("cuda", torch.float16).is_enabled()
     assert not scaler("cuda", torch.bfloat16).is_enabled() and not scaler("cpu", torch.bfloat16).is_enabled()
     assert not CachedFeatures().grad_scaler().is_enabled()
+
+
+def _bent_clips(n, seed, dim=8):
+    """Labels that are a bent (even) function of the features: |x . u| carries valence, so no linear readout
+    can find it, while a Gaussian kernel one can."""
+    rng = np.random.default_rng(seed)
+    u = np.random.default_rng(7).normal(size=dim)
+    u /= np.linalg.norm(u)
+    clips = []
+    for k in range(n):
+        t = int(rng.integers(12, 24))
+        x = rng.normal(0, 1.0, (t, dim))
+        s = np.abs(x @ u)
+        valence = (8 * (s - 0.8)).clip(-10, 10).astype(np.float32)
+        arousal = (6 * np.tanh(x[:, 0])).astype(np.float32)
+        clips.append(ClipFeatures(f"b{seed}{k:03d}", x.astype(np.float32), np.arange(t), valence, arousal))
+    return clips
+
+
+def test_the_kernel_readout_starts_from_kernel_ridge_and_fits_what_the_linear_one_cannot():
+    train, val = _bent_clips(30, 0), _bent_clips(8, 1)
+    starts = {}
+    for readout in ("linear", "kernel"):
+        cfg = HeadConfig(in_dim=8, d_model=16, depth=1, heads=2, embed_dim=8, readout=readout, kernel_centres=256)
+        head = TemporalHead(cfg)
+        head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
+        starts[readout] = init_linear_from_ridge(head, train, val, WINDOW)
+        # the head predicts exactly the chosen (smoothed) probe, through the same path as validation
+        assert starts[readout]["val_mean_ccc"] == pytest.approx(validation_ccc(head, val, WINDOW)["mean"], abs=1e-6)
+    assert starts["kernel"]["val_mean_ccc"] > starts["linear"]["val_mean_ccc"] + 0.2, starts

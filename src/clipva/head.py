@@ -1,8 +1,10 @@
 """Temporal head: CLIP frame features -> per-frame valence/arousal and a pooled clip embedding.
 
-Per frame, a linear readout of the whitened features (started from a ridge fit) plus a correction from a
-temporal encoder (transformer, temporal convolution or bidirectional GRU); then a learned Gaussian smoothing
-over time, so that the curves move as much as the labels do and no more.
+Per frame, a readout of the whitened features (started from a ridge fit) plus a correction from a temporal
+encoder (transformer, temporal convolution or bidirectional GRU); then a learned Gaussian smoothing over time,
+so that the curves move as much as the labels do and no more. The readout is linear in the whitened features;
+with ``readout: kernel`` a second path, linear in their Nystroem features for a Gaussian kernel (kernel ridge
+regression that scales with the number of centres, not of training frames), corrects it.
 """
 
 import math
@@ -27,6 +29,8 @@ class HeadConfig:
     type: str = "transformer"  # temporal encoder: transformer | conv | gru | none (the readout alone)
     smoothing: bool = True  # learned Gaussian smoothing of the per-frame outputs over time
     output: str = "linear"  # linear (clamped to -1..1 when predicting) | tanh
+    readout: str = "linear"  # per-frame readout: linear | kernel (linear plus a Gaussian kernel correction)
+    kernel_centres: int = 1024  # training frames the kernel correction is expanded on
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
@@ -59,6 +63,10 @@ class TemporalHead(nn.Module):
             raise ValueError(f"head type {cfg.type!r} is not one of {', '.join(HEAD_TYPES)}")
         if cfg.output not in ("tanh", "linear"):
             raise ValueError(f"head output {cfg.output!r} is not tanh or linear")
+        if cfg.readout not in ("linear", "kernel"):
+            raise ValueError(f"head readout {cfg.readout!r} is not linear or kernel")
+        if not 1 <= cfg.kernel_centres <= MAX_KERNEL_CENTRES:
+            raise ValueError(f"head kernel_centres {cfg.kernel_centres} is not in 1..{MAX_KERNEL_CENTRES}")
         self.layers = nn.ModuleList(_encoder_layer(cfg, i) for i in range(cfg.depth if cfg.type != "none" else 0))
         # log of the smoothing's standard deviation in frames, per output; set by fine-tuning's start
         self.log_sigma = nn.Parameter(torch.zeros(2), requires_grad=cfg.smoothing)
@@ -67,6 +75,20 @@ class TemporalHead(nn.Module):
         # A per-frame linear path from the whitened features, zero until fine-tuning starts it from a ridge
         # fit (linear probe, then fine-tune): the transformer then learns the temporal correction.
         self.linear = nn.Linear(cfg.in_dim, 2)
+        # With the kernel readout a second per-frame path, linear in the Nystroem features
+        # exp(-gamma |z - c|^2) @ K_cc^(-1/2) of the whitened frame z for centres c (set_kernel), started from
+        # kernel ridge on the linear fit's residuals: the probe can bend where the data asks for it, and for a
+        # frame far from every centre (an unseen face) the correction fades and the linear path remains.
+        # Nothing of it exists with a linear readout, so those checkpoints and model folders stay as they were.
+        kernel = cfg.readout == "kernel"
+        m = cfg.kernel_centres if kernel else 0
+        self.register_buffer("centres", torch.zeros(m, cfg.in_dim), persistent=kernel)
+        self.register_buffer("nystroem", torch.zeros(m, m), persistent=kernel)
+        self.register_buffer("kernel_gamma", torch.ones(()), persistent=kernel)
+        self.kernel = nn.Linear(m, 2) if kernel else None
+        if self.kernel is not None:
+            nn.init.zeros_(self.kernel.weight)
+            nn.init.zeros_(self.kernel.bias)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.pool_proj = nn.Sequential(
@@ -93,6 +115,26 @@ class TemporalHead(nn.Module):
     def whiten(self, x: Tensor) -> Tensor:
         return (x - self.feature_mean) @ self.whitening
 
+    @torch.no_grad()
+    def set_kernel(self, centres: Tensor, gamma: float) -> None:
+        """The kernel readout's expansion: `centres` (at most kernel_centres, whitened training frames) and the
+        Gaussian kernel's gamma. Unused centre slots stay zero and give zero features."""
+        c = centres.double()
+        k = torch.exp(-gamma * torch.cdist(c, c).square())
+        eigval, eigvec = torch.linalg.eigh(k)
+        keep = eigval > eigval.max() * 1e-8  # duplicate or near-duplicate centres add nothing
+        inv_sqrt = eigvec[:, keep] @ torch.diag(eigval[keep].rsqrt()) @ eigvec[:, keep].T
+        self.centres.zero_()
+        self.nystroem.zero_()
+        self.centres[: len(c)] = c.to(self.centres)
+        self.nystroem[: len(c), : len(c)] = inv_sqrt.to(self.nystroem)
+        self.kernel_gamma.fill_(gamma)
+
+    def kernel_features(self, z: Tensor) -> Tensor:
+        """Whitened frames (..., in_dim) -> their Nystroem features (..., kernel_centres)."""
+        d2 = (z.square().sum(-1, keepdim=True) - 2 * z @ self.centres.T + self.centres.square().sum(-1)).clamp_min(0)
+        return torch.exp(-self.kernel_gamma * d2) @ self.nystroem
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x (B, T, in_dim) frame features, mask (B, T) bool, True = a real frame (False = padding).
         Returns (va (B, T, 2) per-frame valence/arousal (in [-1, 1] under a tanh output), pooled (B, embed_dim))."""
@@ -102,16 +144,25 @@ class TemporalHead(nn.Module):
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
         mask = mask.bool()
-        x = self.in_drop(self.whiten(x))
+        z = self.whiten(x)
+        x = self.in_drop(z)
         h = self.in_proj(self.in_norm(x))
         h = self.drop(h + self.pe[:T] if self.cfg.type == "transformer" else h)
         for layer in self.layers:
             h = layer(h, ~mask) if self.cfg.type != "transformer" else layer(h, src_key_padding_mask=~mask)
         h = self.out_norm(h)
-        va = self.finish(self.va(h) + self.linear(x), mask)
+        va = self.finish(self.va(h) + self.readout(z, x), mask)
         # where() rather than multiply, so non-finite values at padded frames cannot leak into the mean
         mean = torch.where(mask.unsqueeze(-1), h, 0.0).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return va, self.pool_proj(mean)
+
+    def readout(self, z: Tensor, dropped: Tensor | None = None) -> Tensor:
+        """The per-frame readout of whitened frames z: the linear path (of `dropped`, z after input dropout,
+        when given) plus the kernel correction."""
+        out = self.linear(z if dropped is None else dropped)
+        if self.kernel is not None:
+            out = out + self.kernel(self.in_drop(self.kernel_features(z)))
+        return out
 
     def finish(self, va: Tensor, mask: Tensor) -> Tensor:
         """Per-frame outputs (B, T, 2) before smoothing -> the head's outputs: smoothed, through the output."""
@@ -121,6 +172,7 @@ class TemporalHead(nn.Module):
 
 
 HEAD_TYPES = ("transformer", "conv", "gru", "none")
+MAX_KERNEL_CENTRES = 16384  # the expansion is a (centres x centres) matrix: 16k is 1 GB in float32
 
 
 def gaussian_smooth(v: Tensor, mask: Tensor, sigma: Tensor) -> Tensor:

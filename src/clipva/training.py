@@ -278,7 +278,9 @@ def init_linear_from_ridge(
     """Start fine-tuning from the best linear probe: fit ridge regressions of the labels (atanh of them under a
     tanh output) on the whitened features of the labeled training frames, keep the one of the best validation
     mean CCC in the head's linear path, together with the smoothing width, and zero the encoder's output so
-    the head predicts exactly that (smoothed) probe."""
+    the head predicts exactly that (smoothed) probe. With the kernel readout, then fit kernel ridge to that
+    probe's training residuals for each kernel width and keep the correction (and smoothing) of the best
+    validation mean CCC, or none where none beats the linear probe."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(train)
@@ -286,18 +288,10 @@ def init_linear_from_ridge(
     ys = [c.labels / VA_SCALE for c in train]
     if head.cfg.output == "tanh":
         ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys]
-    device = head.feature_mean.device
-    if sum(int(k.sum()) for k in keep) * head.cfg.in_dim > STREAM_ABOVE:
-        whiten = lambda p: (head.whiten(p[0].to(device).float()).double(), p[1].to(device))  # noqa: E731
-        solved = streamed_ridge_solutions(row_chunks(xs, ys, keep=keep, transform=whiten), alphas)
-    else:
-        x = np.concatenate([f[k] for f, k in zip(xs, keep, strict=True)])
-        y = np.concatenate([y[k] for y, k in zip(ys, keep, strict=True)])
-        z = head.whiten(torch.from_numpy(x).to(device)).double()
-        solved = ridge_solutions(z, torch.from_numpy(y).to(z), alphas)
+    solved = _ridge(head, xs, ys, keep, alphas, lambda z: z)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
-    # With the encoder's output at zero the head predicts finish(linear(whitened features)): the validation
+    # With the encoder's output at zero the head predicts finish(readout(whitened features)): the validation
     # windows are whitened once, and each candidate costs a linear map and a smoothing, not a forward pass.
     head.eval()
     whitened = []  # per validation clip: frames, window starts, whitened windows, their (all real) frames
@@ -305,28 +299,114 @@ def init_linear_from_ridge(
         starts, windows = clip_windows(f, window, head.feature_mean.device)
         real = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
         whitened.append((len(f), starts, head.whiten(windows), real))
+
+    def score(smoothings) -> dict:
+        readouts = [(n, starts, head.readout(x), real) for n, starts, x, real in whitened]
+        out = {}
+        for sigma in smoothings if head.cfg.smoothing else (1.0,):
+            head.log_sigma.fill_(math.log(sigma))
+            preds = [merge_predictions(n, starts, head.finish(r, real)) for n, starts, r, real in readouts]
+            out[sigma] = pooled_ccc(val, preds)["mean"]
+        return out
+
     solutions = dict(zip(alphas, solved, strict=True))
     scores = {}
     for alpha, (w, b) in solutions.items():
-        head.linear.weight.copy_(w.T)
-        head.linear.bias.copy_(b)
-        readouts = [(n, starts, head.linear(x), real) for n, starts, x, real in whitened]
-        for sigma in sigmas if head.cfg.smoothing else (1.0,):
-            head.log_sigma.fill_(math.log(sigma))
-            preds = [merge_predictions(n, starts, head.finish(r, real)) for n, starts, r, real in readouts]
-            scores[(alpha, sigma)] = pooled_ccc(val, preds)["mean"]
+        _set_linear(head.linear, w, b)
+        scores.update({(alpha, sigma): v for sigma, v in score(sigmas).items()})
     alpha, sigma = max(scores, key=scores.get)
-    w, b = solutions[alpha]
-    head.linear.weight.copy_(w.T)
-    head.linear.bias.copy_(b)
+    _set_linear(head.linear, *solutions[alpha])
     head.log_sigma.fill_(math.log(sigma))
+    start = {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)]}
     log.info(
         "finetune: linear path from ridge (alpha %g, smoothing %g frames), val mean CCC %.3f",
         alpha,
         sigma,
-        scores[(alpha, sigma)],
+        start["val_mean_ccc"],
     )
-    return {"alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(alpha, sigma)]}
+    if head.kernel is not None:
+        start.update(_init_kernel(head, xs, ys, keep, sigma, score, sigmas))
+    return start
+
+
+KERNEL_ALPHAS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # per frame: 1e-6 x 1,500 frames is kernel ridge's 1.5e-3
+KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0)  # gamma x the median squared distance between centres
+
+
+def _init_kernel(head: TemporalHead, xs, ys, keep, sigma: float, score, sigmas) -> dict:
+    """The kernel correction's start: kernel ridge on the linear path's training residuals, width, penalty and
+    smoothing chosen on validation against keeping no correction (the linear start, smoothing `sigma`)."""
+    linear = lambda z: head.linear(z.float()).double()  # noqa: E731
+    none = (None, None, sigma)
+    scores = {none: score((sigma,))[sigma]}
+    solutions = {}
+    candidates = kernel_candidates(head, xs, keep)
+    for centres, gamma in candidates:
+        head.set_kernel(centres, gamma)
+        solved = _ridge(head, xs, ys, keep, KERNEL_ALPHAS, head.kernel_features, residual_of=linear)
+        for alpha, (w, b) in zip(KERNEL_ALPHAS, solved, strict=True):
+            solutions[(gamma, alpha)] = (centres, w, b)
+            _set_linear(head.kernel, w, b)
+            scores.update({(gamma, alpha, s): v for s, v in score(sigmas).items()})
+    gamma, alpha, sigma = max(scores, key=scores.get)
+    if gamma is None:  # fine-tuning may still train the correction, from zero, on the middle width
+        head.set_kernel(*candidates[len(candidates) // 2])
+        _set_linear(head.kernel, torch.zeros_like(head.kernel.weight.T), torch.zeros(2))
+    else:
+        centres, w, b = solutions[(gamma, alpha)]
+        head.set_kernel(centres, gamma)
+        _set_linear(head.kernel, w, b)
+    head.log_sigma.fill_(math.log(sigma))
+    log.info(
+        "finetune: kernel correction %s, val mean CCC %.3f",
+        "none (no width beat the linear probe)"
+        if gamma is None
+        else f"gamma {gamma:.3g}, alpha {alpha:g}, smoothing {sigma:g}",
+        scores[(gamma, alpha, sigma)],
+    )
+    return {"kernel_gamma": gamma, "kernel_alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(gamma, alpha, sigma)]}
+
+
+def _set_linear(layer: nn.Linear, w: torch.Tensor, b: torch.Tensor) -> None:
+    layer.weight.copy_(w.T)
+    layer.bias.copy_(b)
+
+
+def kernel_candidates(head: TemporalHead, xs: list[np.ndarray], keep: list[np.ndarray]) -> list[tuple]:
+    """The kernel correction's candidates: (centres, gamma) for each of KERNEL_SCALES. The centres are up to
+    kernel_centres labeled training frames, whitened, drawn without replacement by a fixed seed (the same
+    start for every run of the same data)."""
+    counts = np.array([int(k.sum()) for k in keep])
+    picked = np.sort(
+        np.random.default_rng(0).choice(counts.sum(), size=min(counts.sum(), head.cfg.kernel_centres), replace=False)
+    )
+    clip = np.searchsorted(np.cumsum(counts), picked, side="right")
+    within = picked - np.r_[0, np.cumsum(counts)][clip]
+    x = np.stack([xs[i][np.flatnonzero(keep[i])[j]] for i, j in zip(clip, within, strict=True)])
+    c = head.whiten(torch.from_numpy(x).to(head.feature_mean.device).float()).double()
+    d2 = torch.cdist(c, c).square()[~torch.eye(len(c), dtype=torch.bool, device=c.device)]
+    median = d2.median().clamp_min(1e-12) if len(d2) else torch.tensor(1.0)  # one labeled frame: any width
+    return [(c, float(scale / median)) for scale in KERNEL_SCALES]
+
+
+def _ridge(
+    head: TemporalHead, xs, ys, keep, alphas, inputs, residual_of=None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Ridge regressions of the labels (minus residual_of(whitened frames), when given) on inputs(whitened
+    frames) of the labeled training frames: streamed above STREAM_ABOVE values, else in one piece."""
+    device = head.feature_mean.device
+
+    def pair(x, y):
+        z = head.whiten(x.to(device).float())
+        y = y.to(device).double()
+        return inputs(z).double(), y if residual_of is None else y - residual_of(z)
+
+    width = head.cfg.in_dim if head.kernel is None else max(head.cfg.in_dim, head.cfg.kernel_centres)
+    if sum(int(k.sum()) for k in keep) * width > STREAM_ABOVE:
+        return streamed_ridge_solutions(row_chunks(xs, ys, keep=keep, transform=lambda p: pair(*p)), alphas)
+    x = np.concatenate([f[k] for f, k in zip(xs, keep, strict=True)])
+    y = np.concatenate([y[k] for y, k in zip(ys, keep, strict=True)])
+    return ridge_solutions(*pair(torch.from_numpy(x), torch.from_numpy(y)), alphas)
 
 
 def finetune(
