@@ -148,18 +148,22 @@ def test_training_step_prints_both_paths():
 
 
 @pytest.mark.e2e
-def test_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
-    """benchmarks/gpu_check.sh is the command a session with a GPU runs first; here its CPU fallback runs the
-    same steps at toy sizes, so the script itself is tested (each row ok, with its figure)."""
-    env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(
+def _gpu_check(tmp_path, **env) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.sh with this Python, its logs under tmp_path/logs."""
+    return subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env={**os.environ, "PYTHON": sys.executable, **env},
     )
+
+
+def test_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
+    """benchmarks/gpu_check.sh is the command a session with a GPU runs first; here its CPU fallback runs the
+    same steps at toy sizes, so the script itself is tested (each row ok, with its figure)."""
+    proc = _gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert table[0] == "| check | result | seconds |"
@@ -186,15 +190,7 @@ def test_affwild2_scale_runs_every_step_and_compares_sizes(tmp_path):
 def test_gpu_check_step_timeout_ends_each_step_and_says_so(tmp_path):
     """A GPU lease is short: with STEP_TIMEOUT a step that runs too long is ended, its row says so, the table
     is still printed, and the script's exit status says that not every check ran."""
-    env = {**os.environ, "PYTHON": sys.executable, "STEP_TIMEOUT": "1"}
-    proc = subprocess.run(
-        ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "logs")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = _gpu_check(tmp_path, STEP_TIMEOUT="1")
     assert proc.returncode != 0
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 5
