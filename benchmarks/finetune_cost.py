@@ -10,12 +10,16 @@ on validation; then the starting validation) plus the epochs, extrapolated to `f
 
     .venv/bin/python benchmarks/finetune_cost.py
     .venv/bin/python benchmarks/finetune_cost.py --clips 120 --rounds 3
+    .venv/bin/python benchmarks/finetune_cost.py --variant readout=kernel   # a head setting against the default
+
+With --variant KEY=VALUE, *before* is config.yaml's head and *now* the same with that head setting changed.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import yaml
 from common import as_the_workflow_runs, load_average, machine, median, repo_config
 from finetune_epoch import cached_epochs, synthetic_clips
 
@@ -31,12 +35,20 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=600, help="training clips (validation: a fifth as many)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per run")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each, alternated")
+    parser.add_argument("--variant", metavar="KEY=VALUE", help="a head setting to compare with the default head")
     args = parser.parse_args()
     config = repo_config()
     settings = {
         "now": (config["head"], config["finetune"]),
         "before": ({**config["head"], **BEFORE["head"]}, {**config["finetune"], **BEFORE["finetune"]}),
     }
+    if args.variant:
+        key, _, value = args.variant.partition("=")
+        if key not in config["head"]:
+            parser.error(f"--variant: {key!r} is not a head setting (one of {', '.join(config['head'])})")
+        changed = {**config["head"], key: yaml.safe_load(value)}
+        settings = {"now": (changed, config["finetune"]), "before": settings["now"]}
+        print(f"now: the default head with {key} = {value}; before: the default head", flush=True)
     train = synthetic_clips(args.clips, 512, seed=1, unlabeled=1)
     val = synthetic_clips(max(2, args.clips // 5), 512, seed=2)
     print(
