@@ -288,7 +288,7 @@ def init_linear_from_ridge(
     ys = [c.labels / VA_SCALE for c in train]
     if head.cfg.output == "tanh":
         ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys]
-    solved = _ridge(head, xs, ys, keep, alphas, lambda z: z)
+    solved = _ridge(head, xs, ys, keep, alphas, lambda z: z, head.cfg.in_dim)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     # With the encoder's output at zero the head predicts finish(readout(whitened features)): the validation
@@ -300,12 +300,15 @@ def init_linear_from_ridge(
         real = torch.ones(windows.shape[:2], dtype=torch.bool, device=windows.device)
         whitened.append((len(f), starts, head.whiten(windows), real))
 
-    def score(smoothings) -> dict:
-        readouts = [(n, starts, head.readout(x), real) for n, starts, x, real in whitened]
+    def score(readouts: list[torch.Tensor], smoothings) -> dict:
+        """Validation mean CCC of per-window readouts (one tensor per clip), for each smoothing width."""
         out = {}
         for sigma in smoothings if head.cfg.smoothing else (1.0,):
             head.log_sigma.fill_(math.log(sigma))
-            preds = [merge_predictions(n, starts, head.finish(r, real)) for n, starts, r, real in readouts]
+            preds = [
+                merge_predictions(n, starts, head.finish(r, real))
+                for (n, starts, _, real), r in zip(whitened, readouts, strict=True)
+            ]
             out[sigma] = pooled_ccc(val, preds)["mean"]
         return out
 
@@ -313,7 +316,8 @@ def init_linear_from_ridge(
     scores = {}
     for alpha, (w, b) in solutions.items():
         _set_linear(head.linear, w, b)
-        scores.update({(alpha, sigma): v for sigma, v in score(sigmas).items()})
+        readouts = [head.linear(x) for _, _, x, _ in whitened]
+        scores.update({(alpha, sigma): v for sigma, v in score(readouts, sigmas).items()})
     alpha, sigma = max(scores, key=scores.get)
     _set_linear(head.linear, *solutions[alpha])
     head.log_sigma.fill_(math.log(sigma))
@@ -325,7 +329,7 @@ def init_linear_from_ridge(
         start["val_mean_ccc"],
     )
     if head.kernel is not None:
-        start.update(_init_kernel(head, xs, ys, keep, sigma, score, sigmas))
+        start.update(_init_kernel(head, xs, ys, keep, [x for _, _, x, _ in whitened], sigma, score, sigmas))
     return start
 
 
@@ -333,29 +337,31 @@ KERNEL_ALPHAS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # per frame: 1e-6 x 1,500 
 KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0)  # gamma x the median squared distance between centres
 
 
-def _init_kernel(head: TemporalHead, xs, ys, keep, sigma: float, score, sigmas) -> dict:
+def _init_kernel(head: TemporalHead, xs, ys, keep, val_windows, sigma: float, score, sigmas) -> dict:
     """The kernel correction's start: kernel ridge on the linear path's training residuals, width, penalty and
-    smoothing chosen on validation against keeping no correction (the linear start, smoothing `sigma`)."""
+    smoothing chosen on validation (`val_windows`: whitened, scored by `score`) against keeping no correction
+    (the linear start, smoothing `sigma`)."""
     linear = lambda z: head.linear(z.float()).double()  # noqa: E731
-    none = (None, None, sigma)
-    scores = {none: score((sigma,))[sigma]}
+    base = [head.linear(x) for x in val_windows]  # the linear path's share, the same for every candidate
+    scores = {(None, None, sigma): score(base, (sigma,))[sigma]}
     solutions = {}
-    candidates = kernel_candidates(head, xs, keep)
-    for centres, gamma in candidates:
+    centres, gammas = kernel_candidates(head, xs, keep)
+    for gamma in gammas:
         head.set_kernel(centres, gamma)
-        solved = _ridge(head, xs, ys, keep, KERNEL_ALPHAS, head.kernel_features, residual_of=linear)
+        solved = _ridge(head, xs, ys, keep, KERNEL_ALPHAS, head.kernel_features, head.cfg.kernel_centres, linear)
+        features = [head.kernel_features(x) for x in val_windows]  # the width's, for each of its penalties
         for alpha, (w, b) in zip(KERNEL_ALPHAS, solved, strict=True):
-            solutions[(gamma, alpha)] = (centres, w, b)
+            solutions[(gamma, alpha)] = (w, b)
             _set_linear(head.kernel, w, b)
-            scores.update({(gamma, alpha, s): v for s, v in score(sigmas).items()})
+            readouts = [r + head.kernel(f) for r, f in zip(base, features, strict=True)]
+            scores.update({(gamma, alpha, s): v for s, v in score(readouts, sigmas).items()})
     gamma, alpha, sigma = max(scores, key=scores.get)
     if gamma is None:  # fine-tuning may still train the correction, from zero, on the middle width
-        head.set_kernel(*candidates[len(candidates) // 2])
+        head.set_kernel(centres, gammas[len(gammas) // 2])
         _set_linear(head.kernel, torch.zeros_like(head.kernel.weight.T), torch.zeros(2))
     else:
-        centres, w, b = solutions[(gamma, alpha)]
         head.set_kernel(centres, gamma)
-        _set_linear(head.kernel, w, b)
+        _set_linear(head.kernel, *solutions[(gamma, alpha)])
     head.log_sigma.fill_(math.log(sigma))
     log.info(
         "finetune: kernel correction %s, val mean CCC %.3f",
@@ -372,8 +378,8 @@ def _set_linear(layer: nn.Linear, w: torch.Tensor, b: torch.Tensor) -> None:
     layer.bias.copy_(b)
 
 
-def kernel_candidates(head: TemporalHead, xs: list[np.ndarray], keep: list[np.ndarray]) -> list[tuple]:
-    """The kernel correction's candidates: (centres, gamma) for each of KERNEL_SCALES. The centres are up to
+def kernel_candidates(head: TemporalHead, xs: list[np.ndarray], keep: list[np.ndarray]) -> tuple:
+    """The kernel correction's candidates: (centres, [gamma for each of KERNEL_SCALES]). The centres are up to
     kernel_centres labeled training frames, whitened, drawn without replacement by a fixed seed (the same
     start for every run of the same data)."""
     counts = np.array([int(k.sum()) for k in keep])
@@ -386,14 +392,15 @@ def kernel_candidates(head: TemporalHead, xs: list[np.ndarray], keep: list[np.nd
     c = head.whiten(torch.from_numpy(x).to(head.feature_mean.device).float()).double()
     d2 = torch.cdist(c, c).square()[~torch.eye(len(c), dtype=torch.bool, device=c.device)]
     median = d2.median().clamp_min(1e-12) if len(d2) else torch.tensor(1.0)  # one labeled frame: any width
-    return [(c, float(scale / median)) for scale in KERNEL_SCALES]
+    return c, [float(scale / median) for scale in KERNEL_SCALES]
 
 
 def _ridge(
-    head: TemporalHead, xs, ys, keep, alphas, inputs, residual_of=None
+    head: TemporalHead, xs, ys, keep, alphas, inputs, width: int, residual_of=None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Ridge regressions of the labels (minus residual_of(whitened frames), when given) on inputs(whitened
-    frames) of the labeled training frames: streamed above STREAM_ABOVE values, else in one piece."""
+    frames), `width` values per frame, of the labeled training frames: streamed above STREAM_ABOVE values,
+    else in one piece."""
     device = head.feature_mean.device
 
     def pair(x, y):
@@ -401,7 +408,6 @@ def _ridge(
         y = y.to(device).double()
         return inputs(z).double(), y if residual_of is None else y - residual_of(z)
 
-    width = head.cfg.in_dim if head.kernel is None else max(head.cfg.in_dim, head.cfg.kernel_centres)
     if sum(int(k.sum()) for k in keep) * width > STREAM_ABOVE:
         return streamed_ridge_solutions(row_chunks(xs, ys, keep=keep, transform=lambda p: pair(*p)), alphas)
     x = np.concatenate([f[k] for f, k in zip(xs, keep, strict=True)])
