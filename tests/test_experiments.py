@@ -59,6 +59,25 @@ def test_cv_summary_is_mean_and_std_over_folds_and_pools_all_folds():
     assert len(table) == 2 * (2 * 4 + 1) + 3 + 2
 
 
+def test_cv_summary_adds_the_criteria_runs_are_chosen_on():
+    preds = {("a", k): _predictions(k, [f"{k}{i}" for i in range(3)]) for k in range(2)}
+    metrics = {key: _metrics(p) for key, p in preds.items()}
+    scores = {("a", 0): {"validation": 0.4, "selection": 0.3}, ("a", 1): {"validation": 0.2, "selection": 0.1}}
+    table = cv_summary(metrics, preds, scores).set_index("view")
+    assert table.loc["validation", ["fold0", "fold1"]].tolist() == pytest.approx([0.4, 0.2])
+    assert table.loc["selection", "mean"] == pytest.approx(0.2) and np.isnan(table.loc["selection", "all_folds"])
+    assert table.loc["selection", "metric"] == "mean_ccc" and len(table) == 2 * (2 * 4 + 1) + 3 + 2 + 2
+    # a second run gets its paired difference from the first, fold by fold, for each criterion both have
+    preds |= {("b", k): preds[("a", k)] for k in range(2)}
+    metrics |= {("b", k): metrics[("a", k)] for k in range(2)}
+    scores |= {("b", 0): {"validation": 0.5}, ("b", 1): {"validation": 0.1}}  # b not scored for selection
+    table = cv_summary(metrics, preds, scores)
+    diff = table[(table["run"] == "b") & (table["metric"] == "paired_difference")].set_index("view")
+    assert diff.loc["validation", ["fold0", "fold1"]].tolist() == pytest.approx([0.1, -0.1])
+    assert diff.loc["validation", "mean"] == pytest.approx(0.0) and "selection" not in diff.index
+    assert not (table[table["run"] == "a"]["metric"] == "paired_difference").any()
+
+
 def test_cv_summary_refuses_a_clip_tested_in_two_folds():
     preds = {("a", 0): _predictions(0, ["1", "2"]), ("a", 1): _predictions(1, ["2", "3"])}
     with pytest.raises(ValueError, match="two folds"):
@@ -81,7 +100,13 @@ def test_compare_runs_has_a_row_per_run():
     } <= set(table.columns)
 
 
-VARIANTS = {"split": {"folds": 3}, "runs": {"nopre": {"pretrain": {"epochs": 0}}}}  # cv.runs: [] is `run`
+# cv.runs: [] is `run`; its folds scored for selection too
+VARIANTS = {
+    "split": {"folds": 3},
+    "runs": {"nopre": {"pretrain": {"epochs": 0}}},
+    "cv": {"select": True},
+    "tune": {"folds": 2},
+}
 
 
 @pytest.mark.e2e
@@ -105,6 +130,17 @@ def test_cross_validation_and_comparison_of_runs(built, tmp_path):
     fold1 = json.loads((tmp_path / "results/cv/main/fold1/eval/metrics.json").read_text())
     row = summary[(summary["run"] == "main") & (summary["view"] == "pooled") & (summary["metric"] == "mean_ccc")]
     assert row["fold1"].iloc[0] == pytest.approx(fold1["pooled"]["mean_ccc"], abs=1e-4)
+    # the criteria runs are chosen on: each fold's best validation score, and its selection score by CV over the
+    # fold's training and validation clips (the pretrained run starts each of those from its pretrained head)
+    chosen = summary[summary["run"] == "main"].set_index("view")
+    for k in range(3):
+        history = json.loads((tmp_path / f"results/cv/main/fold{k}/finetune/history.json").read_text())
+        assert chosen.loc["validation", f"fold{k}"] == pytest.approx(history["best"]["val_mean_ccc"], abs=1e-4)
+        selected = json.loads((tmp_path / f"results/cv/main/fold{k}/select.json").read_text())
+        assert len(selected["folds"]) == 2 and selected["pretrained_start"]
+        assert chosen.loc["selection", f"fold{k}"] == pytest.approx(np.mean(selected["folds"]), abs=1e-4)
+        assert -1 <= selected["mean_ccc"] <= 1
+    assert np.isnan(chosen.loc["selection", "all_folds"])  # a criterion, not a pooled test score
     compared = pd.read_csv(tmp_path / "results/compare/runs.csv")
     assert compared["run"].tolist() == ["main", "nopre"]
     for png in ("cv/summary.png", "compare/runs.png"):

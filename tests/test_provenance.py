@@ -120,7 +120,8 @@ def test_the_prompts_are_not_encoded_with_the_training_code():
 TARGETS = ("all", "cv", "compare", "predict", "tune", "results/videos/afew-va")
 AGGREGATES = {"all", "cv", "compare", "predict", "tune"}  # rules without a script: planned when an input is remade
 RUNS = {"pretrain", "finetune", "evaluate"}
-TUNE = {"tune_worker", "tune_summary"}  # clipva.tune fine-tunes heads: the closure of finetune
+# clipva.tune fine-tunes heads: the closure of finetune (selection_score: cv.select, set below)
+TUNE = {"tune_worker", "tune_summary", "selection_score"}
 EVERY_SCRIPT = set(scripts_of_rules())
 AFFWILD2 = {"demo_affwild2", "index_affwild2", "abaw_submission"}  # in the DAG of dataset.format affwild2 only
 OTHER_DAGS = AFFWILD2 | {"detect_faces"}  # and of face_crop.method detector
@@ -235,6 +236,7 @@ def test_editing_a_module_reruns_exactly_the_rules_whose_scripts_import_it(built
     (work / "videos").mkdir()
     _video(sorted(second.glob("*.png")), work / "videos/own.mp4")
     overrides = {"split": {"folds": 3}, "predict": {"videos": str(work / "videos")}, "tune": {"trials": 2, "folds": 2}}
+    overrides["cv"] = {"select": True}  # the selection scores of the folds are in the graph too
 
     def snakemake(copy: Path, *args: str):
         return run_snakemake(work, *args, *TARGETS, overrides=overrides, snakefile=copy / "Snakefile")

@@ -10,14 +10,18 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import REPO, SNAKEMAKE, copy_built, kill_when, run_snakemake, write_config
 
 from clipva.errors import ClipvaError
+from clipva.head import TemporalHead
 from clipva.store import ClipFeatures
+from clipva.training import head_config
 from clipva.tune import (
     check_space,
     fail_abandoned_trials,
+    fold_scores,
     open_study,
     plot_study,
     search,
@@ -135,6 +139,39 @@ def test_search_resumes_and_adds_only_the_missing_trials(tmp_path):
     assert best["head"]["type"] in ("transformer", "none") and 1 <= best["finetune"]["epochs"] <= 3
     plot_study(study, tmp_path / "history.png", tmp_path / "importance.png")
     assert (tmp_path / "history.png").stat().st_size > 1000 and (tmp_path / "importance.png").stat().st_size > 1000
+
+
+def test_the_selection_score_is_the_search_s_score_of_the_run_s_own_settings(tmp_path):
+    clips, features = _data()
+    journal, key = tmp_path / "study.journal", {"test": 2}
+    search(clips, features, SETTINGS, SPACE, 1, 2, journal, key)
+    start = open_study(journal, study_name(key)).trials[0]
+    scores = list(fold_scores(tuning_folds(clips, 2), features, SETTINGS["head"], SETTINGS["finetune"]))
+    assert len(scores) == 2 and np.mean(scores) == pytest.approx(start.value, abs=1e-6)
+
+
+def test_a_pretrained_run_starts_every_fold_from_a_copy_of_its_pretrained_head(monkeypatch):
+    clips, features = _data()
+    arch, _ = head_config(SETTINGS["head"], 6)
+    pretrained = TemporalHead(arch)
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(0.5)  # unlike any fresh head
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    seen = []
+
+    def fold_score(train, val, head, window, cfg):
+        seen.append(head)
+        assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
+        with torch.no_grad():
+            next(head.parameters()).add_(1.0)  # training changes the fold's head, not the start
+        return head, [], {"epoch": 0, "val_mean_ccc": 0.25}
+
+    monkeypatch.setattr("clipva.tune.finetune", fold_score)
+    masks = tuning_folds(clips, 3)
+    assert list(fold_scores(masks, features, SETTINGS["head"], SETTINGS["finetune"], pretrained)) == [0.25] * 3
+    assert len({id(h) for h in seen}) == 3 and pretrained not in seen
+    assert all(torch.equal(v, before[k]) for k, v in pretrained.state_dict().items())
 
 
 def test_only_trials_hopeless_over_two_folds_are_pruned(tmp_path, monkeypatch):

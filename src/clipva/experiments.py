@@ -44,16 +44,31 @@ def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def cv_summary(metrics: dict[tuple[str, int], dict], predictions: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+def cv_summary(
+    metrics: dict[tuple[str, int], dict],
+    predictions: dict[tuple[str, int], pd.DataFrame],
+    scores: dict[tuple[str, int], dict[str, float]] | None = None,
+) -> pd.DataFrame:
     """One row per (run, view, dimension, metric): mean, std, all_folds (pooled predictions), fold0..foldK-1.
 
     `metrics` and `predictions` are keyed by (run, fold): each fold's metrics.json and predictions.csv.
+    `scores`, keyed the same way, adds the criteria runs are chosen on, as views of their own with the mean
+    CCC (no all_folds value): ``validation`` (the fine-tuning's best validation mean CCC) and ``selection``
+    (the CV score of `cv.select`). Each run after the first also gets, per criterion, its paired difference
+    from the first run (metric ``paired_difference``, fold by fold; its std over folds / sqrt(folds) is the
+    standard error of the mean difference).
     """
+    scores = scores or {}
     runs = list(dict.fromkeys(run for run, _ in metrics))
     rows = []
     for run in runs:
         folds = sorted(fold for r, fold in metrics if r == run)
         per_fold = [_flat(metrics[(run, fold)]) for fold in folds]
+        for fold, flat in zip(folds, per_fold, strict=True):
+            mine, first = scores.get((run, fold), {}), scores.get((runs[0], fold), {})
+            flat.update({(view, "mean", "mean_ccc"): x for view, x in mine.items()})
+            if run != runs[0]:
+                flat.update({(v, "mean", "paired_difference"): x - first[v] for v, x in mine.items() if v in first})
         together = pd.concat([predictions[(run, fold)] for fold in folds], ignore_index=True)
         tested = together[together["split"] == "test"]
         if tested.duplicated(["clip_id", "frame"]).any():
@@ -134,16 +149,33 @@ def plot_cv(table: pd.DataFrame, path: str) -> None:
 
 
 def cv_summary_files(
-    runs: list[str], folds: int, metrics: list[str], predictions: list[str], out: dict[str, str]
+    runs: list[str],
+    folds: int,
+    metrics: list[str],
+    predictions: list[str],
+    out: dict[str, str],
+    histories: list[str] = (),
+    selected: list[str] = (),
+    selection: list[str] = (),
 ) -> None:
     """`cv_summary` of each run's folds, read from their metrics.json and predictions.csv paths (both in the
-    order run by run, fold by fold), written to `out`'s ``summary`` (CSV) and ``plot`` paths."""
+    order run by run, fold by fold), written to `out`'s ``summary`` (CSV) and ``plot`` paths. `histories`
+    (fine-tuning history.json, same order) and `selection` (select.json of the runs `selected`, run by run,
+    fold by fold) add the validation and selection views."""
     keys = [(run, fold) for run in runs for fold in range(folds)]
     found = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, metrics, strict=True)}
     tables = {key: pd.read_csv(path, dtype={"clip_id": str}) for key, path in zip(keys, predictions, strict=True)}
-    table = cv_summary(found, tables)
+    scores: dict[tuple[str, int], dict[str, float]] = {key: {} for key in keys}
+    for key, path in zip(keys if histories else [], histories, strict=True):
+        scores[key]["validation"] = json.loads(Path(path).read_text())["best"]["val_mean_ccc"]
+    chosen = [(run, fold) for run in selected for fold in range(folds)]
+    for key, path in zip(chosen, selection, strict=True):
+        scores[key]["selection"] = json.loads(Path(path).read_text())["mean_ccc"]
+    table = cv_summary(found, tables, scores)
     write_csv(out["summary"], table, float_format="%.4f")
     plot_cv(table, out["plot"])
     for run in runs:
-        row = table[(table["run"] == run) & (table["view"] == "pooled") & (table["metric"] == "mean_ccc")].iloc[0]
-        log.info("%s: test mean CCC %.3f +- %.3f over %d folds", run, row["mean"], row["std"], folds)
+        mine = table[(table["run"] == run) & (table["metric"] == "mean_ccc")].set_index("view")
+        said = [f"test mean CCC {mine.loc['pooled', 'mean']:.3f} +- {mine.loc['pooled', 'std']:.3f}"]
+        said += [f"{view} {mine.loc[view, 'mean']:.3f}" for view in ("validation", "selection") if view in mine.index]
+        log.info("%s over %d folds: %s", run, folds, ", ".join(said))

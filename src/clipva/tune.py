@@ -25,7 +25,9 @@ import torch
 import yaml
 
 from clipva.atomic import atomic_path, process_alive, write_csv, write_text
+from clipva.checkpoints import load_head
 from clipva.errors import ClipvaError
+from clipva.head import TemporalHead
 from clipva.sequences import load_splits
 from clipva.splits import read_clips
 from clipva.store import ClipFeatures
@@ -103,6 +105,45 @@ def tuning_folds(clips: pd.DataFrame, folds: int) -> list[pd.Series]:
             f"clips, the split has {len(pool)}"
         )
     return [pool["clip_id"][assign == k] for k in range(folds)]
+
+
+def fold_scores(
+    masks: list[pd.Series],
+    features: dict[str, ClipFeatures],
+    head: dict,
+    finetune_cfg: dict,
+    start: TemporalHead | None = None,
+):
+    """Each fold's best validation mean CCC, fold by fold (a generator, so that a search can prune between
+    folds): a head with the `head` settings fine-tuned (`finetune_cfg`) on the other folds' clips. The head
+    starts fresh, whitened by those clips, or as a copy of `start` (a pretrained head)."""
+    pool = [c for c in pd.concat(masks) if c in features]
+    arch, window = head_config(head, features[pool[0]].features.shape[1])
+    for val_ids in masks:
+        val_set = set(val_ids)
+        train = [features[c] for c in pool if c not in val_set]
+        val = [features[c] for c in val_ids if c in features]
+        torch.manual_seed(finetune_cfg["seed"])
+        model = copy.deepcopy(start) if start is not None else new_head(arch, train)
+        _, _, best = finetune(train, val, model, window, copy.deepcopy(finetune_cfg))
+        yield float(best["val_mean_ccc"])
+
+
+def selection_files(features: str, clips: str, head_path: str, settings: dict, folds: int, out: str) -> None:
+    """A run's selection score on files (`cv.select`): tune's objective for the run's own settings, i.e. the
+    mean over `folds` folds by actor of the training and validation clips of `clips` of the fine-tuned
+    head's best validation mean CCC; the test split is never read. A run with pretraining (``pretrain.epochs``
+    above 0) starts each fold from its pretrained head `head_path`; that head was pretrained on all the
+    training clips, so on the folds its score is, if anything, in pretraining's favour. Written to `out` as
+    JSON with each fold's score."""
+    data = load_splits(features, clips, ("train", "val"))
+    loaded = {c.clip_id: c for c in data["train"] + data["val"]}
+    masks = tuning_folds(read_clips(clips), folds)
+    start = load_head(head_path)[0] if settings["pretrain"]["epochs"] > 0 else None
+    scores = list(fold_scores(masks, loaded, settings["head"], settings["finetune"], start))
+    log.info("selection score %.4f (folds %s)", np.mean(scores), ", ".join(f"{s:.4f}" for s in scores))
+    record = {"mean_ccc": float(np.mean(scores)), "folds": scores, "pretrained_start": start is not None}
+    write_text(out, json.dumps(record, indent=1))
 
 
 def search_key(tune: dict, settings: dict, features: str | Path, clips: str | Path) -> dict:
@@ -200,9 +241,6 @@ def search(
         log.info("tune: %d trials of a killed search marked failed", n)
     # a resumed search must not replay the random start of the first one
     study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(study.trials), n_startup_trials=5)
-    pool = [c for c in pd.concat(masks) if c in features]
-    in_dim = features[pool[0]].features.shape[1]
-
     mine: list[int] = []  # the numbers of the trials this job runs
 
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -217,17 +255,11 @@ def search(
         for name, value in owner.items():  # the trial may be one another job queued
             trial.set_user_attr(name, value)
         chosen = suggest(trial, space)
-        arch, window = head_config({**settings["head"], **chosen.get("head", {})}, in_dim)
+        head = {**settings["head"], **chosen.get("head", {})}
         ft_cfg = {**settings["finetune"], **chosen.get("finetune", {})}
         scores = []
-        for k, val_ids in enumerate(masks):
-            val_set = set(val_ids)
-            train = [features[c] for c in pool if c not in val_set]
-            val = [features[c] for c in val_ids if c in features]
-            torch.manual_seed(ft_cfg["seed"])
-            head = new_head(arch, train)
-            _, _, best = finetune(train, val, head, window, copy.deepcopy(ft_cfg))
-            scores.append(best["val_mean_ccc"])
+        for k, score in enumerate(fold_scores(masks, features, head, ft_cfg)):
+            scores.append(score)
             trial.report(float(np.mean(scores)), k)
             if trial.should_prune():
                 raise optuna.TrialPruned()

@@ -200,6 +200,10 @@ def is_lora(run):
     return run_settings(run)["training"]["backbone"] == "lora"
 
 
+# the runs whose folds get a selection score (cv.select): those with cached features to score on
+CV_SELECT = [r for r in CV_RUNS if not is_lora(r)] if config["cv"]["select"] else []
+
+
 def backbone_params(wildcards):
     """What the training rules depend on beyond their own section: with LoRA, the image tower and its crops."""
     run = exp_run(wildcards)

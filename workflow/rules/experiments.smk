@@ -22,6 +22,34 @@ rule cv_split:
         "../scripts/split.py"
 
 
+rule selection_score:
+    input:
+        features=FEATURES,
+        clips=exp_clips,
+        head=PRETRAINED,
+    output:
+        f"{EXP}/select.json",
+    log:
+        "logs/{exp}/select.log",
+    benchmark:
+        "benchmarks/out/{exp}/select.tsv"
+    conda:
+        "../../envs/clipva.yaml"
+    threads: 2
+    resources:
+        mem_mb=head_mem_mb(8000),
+        runtime=120 * config["tune"]["folds"],
+    params:
+        settings=lambda wildcards: {
+            k: run_settings(exp_run(wildcards))[k]
+            for k in ("head", "finetune", "pretrain")
+        },
+        folds=config["tune"]["folds"],
+        code=code_version("../scripts/selection_score.py"),
+    script:
+        "../scripts/selection_score.py"
+
+
 rule cv_summary:
     input:
         metrics=expand(
@@ -32,6 +60,16 @@ rule cv_summary:
         predictions=expand(
             "results/cv/{run}/fold{fold}/eval/predictions.csv",
             run=CV_RUNS,
+            fold=range(FOLDS),
+        ),
+        histories=expand(
+            "results/cv/{run}/fold{fold}/finetune/history.json",
+            run=CV_RUNS,
+            fold=range(FOLDS),
+        ),
+        selection=expand(
+            "results/cv/{run}/fold{fold}/select.json",
+            run=CV_SELECT,
             fold=range(FOLDS),
         ),
     output:
@@ -51,6 +89,7 @@ rule cv_summary:
         "../../envs/clipva.yaml"
     params:
         runs=CV_RUNS,
+        selected=CV_SELECT,
         folds=FOLDS,
         code=code_version("../scripts/cv_summary.py"),
     script:

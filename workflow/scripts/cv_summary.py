@@ -4,7 +4,8 @@ from clipva.jobs import run_job
 
 def main(smk):
     out = {"summary": smk.output.summary, "plot": smk.output.plot}
-    cv_summary_files(smk.params.runs, smk.params.folds, smk.input.metrics, smk.input.predictions, out)
+    i, p = smk.input, smk.params
+    cv_summary_files(p.runs, p.folds, i.metrics, i.predictions, out, i.histories, p.selected, i.selection)
 
 
 run_job(snakemake, main)  # noqa: F821
