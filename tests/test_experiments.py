@@ -131,13 +131,13 @@ def test_cross_validation_and_comparison_of_runs(built, tmp_path):
     row = summary[(summary["run"] == "main") & (summary["view"] == "pooled") & (summary["metric"] == "mean_ccc")]
     assert row["fold1"].iloc[0] == pytest.approx(fold1["pooled"]["mean_ccc"], abs=1e-4)
     # the criteria runs are chosen on: each fold's best validation score, and its selection score by CV over the
-    # fold's training and validation clips (the pretrained run starts each of those from its pretrained head)
+    # fold's training and validation clips (the run pretrains, so it pretrains in each of those folds)
     chosen = summary[summary["run"] == "main"].set_index("view")
     for k in range(3):
         history = json.loads((tmp_path / f"results/cv/main/fold{k}/finetune/history.json").read_text())
         assert chosen.loc["validation", f"fold{k}"] == pytest.approx(history["best"]["val_mean_ccc"], abs=1e-4)
         selected = json.loads((tmp_path / f"results/cv/main/fold{k}/select.json").read_text())
-        assert len(selected["folds"]) == 2 and selected["pretrained_start"]
+        assert len(selected["folds"]) == 2 and selected["pretrained"]
         assert chosen.loc["selection", f"fold{k}"] == pytest.approx(np.mean(selected["folds"]), abs=1e-4)
         assert -1 <= selected["mean_ccc"] <= 1
     assert np.isnan(chosen.loc["selection", "all_folds"])  # a criterion, not a pooled test score

@@ -10,14 +10,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 from conftest import REPO, SNAKEMAKE, copy_built, kill_when, run_snakemake, write_config
 
 from clipva.errors import ClipvaError
 from clipva.head import TemporalHead
 from clipva.store import ClipFeatures
-from clipva.training import head_config
 from clipva.tune import (
     check_space,
     fail_abandoned_trials,
@@ -150,28 +148,31 @@ def test_the_selection_score_is_the_search_s_score_of_the_run_s_own_settings(tmp
     assert len(scores) == 2 and np.mean(scores) == pytest.approx(start.value, abs=1e-6)
 
 
-def test_a_pretrained_run_starts_every_fold_from_a_copy_of_its_pretrained_head(monkeypatch):
+def test_a_pretraining_run_pretrains_in_each_fold_on_that_fold_s_training_clips_alone(monkeypatch):
     clips, features = _data()
-    arch, _ = head_config(SETTINGS["head"], 6)
-    pretrained = TemporalHead(arch)
-    with torch.no_grad():
-        for p in pretrained.parameters():
-            p.add_(0.5)  # unlike any fresh head
-    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
-    seen = []
+    pretrained, tuned = [], []
+
+    def pretrain(train, arch, window, cfg, text_emb):
+        pretrained.append({c.clip_id for c in train})
+        assert cfg["epochs"] == 3 and text_emb.shape == (9, 4)
+        return TemporalHead(arch), []
 
     def fold_score(train, val, head, window, cfg):
-        seen.append(head)
-        assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
-        with torch.no_grad():
-            next(head.parameters()).add_(1.0)  # training changes the fold's head, not the start
+        tuned.append(({c.clip_id for c in train}, {c.clip_id for c in val}, head))
         return head, [], {"epoch": 0, "val_mean_ccc": 0.25}
 
+    monkeypatch.setattr("clipva.tune.pretrain", pretrain)
     monkeypatch.setattr("clipva.tune.finetune", fold_score)
     masks = tuning_folds(clips, 3)
-    assert list(fold_scores(masks, features, SETTINGS["head"], SETTINGS["finetune"], pretrained)) == [0.25] * 3
-    assert len({id(h) for h in seen}) == 3 and pretrained not in seen
-    assert all(torch.equal(v, before[k]) for k, v in pretrained.state_dict().items())
+    cfg, text = {"epochs": 3, "seed": 0}, np.zeros((9, 4), np.float32)
+    scores = fold_scores(masks, features, SETTINGS["head"], SETTINGS["finetune"], cfg, text)
+    assert list(scores) == [0.25] * 3 and len(pretrained) == 3
+    for seen, (train, val, _) in zip(pretrained, tuned, strict=True):
+        assert seen == train and not seen & val  # no label of a fold's validation clips reaches its head
+    assert len({id(head) for *_, head in tuned}) == 3
+    pretrained.clear()
+    list(fold_scores(masks, features, SETTINGS["head"], SETTINGS["finetune"], {"epochs": 0, "seed": 0}, None))
+    assert pretrained == []  # no pretraining epochs: fresh heads, as the search's
 
 
 def test_only_trials_hopeless_over_two_folds_are_pruned(tmp_path, monkeypatch):

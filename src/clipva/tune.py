@@ -25,13 +25,11 @@ import torch
 import yaml
 
 from clipva.atomic import atomic_path, process_alive, write_csv, write_text
-from clipva.checkpoints import load_head
 from clipva.errors import ClipvaError
-from clipva.head import TemporalHead
 from clipva.sequences import load_splits
 from clipva.splits import read_clips
 from clipva.store import ClipFeatures
-from clipva.training import finetune, head_config, new_head
+from clipva.training import finetune, head_config, new_head, pretrain
 
 log = logging.getLogger(__name__)
 SECTIONS = ("head", "finetune")
@@ -112,37 +110,42 @@ def fold_scores(
     features: dict[str, ClipFeatures],
     head: dict,
     finetune_cfg: dict,
-    start: TemporalHead | None = None,
+    pretrain_cfg: dict | None = None,
+    text_emb: np.ndarray | None = None,
 ):
     """Each fold's best validation mean CCC, fold by fold (a generator, so that a search can prune between
     folds): a head with the `head` settings fine-tuned (`finetune_cfg`) on the other folds' clips. The head
-    starts fresh, whitened by those clips, or as a copy of `start` (a pretrained head)."""
+    starts fresh, whitened by those clips, or, with `pretrain_cfg` of more than 0 epochs, pretrained on those
+    clips alone (with the prompts' `text_emb`), as the run's own pretraining job would on its training split."""
     pool = [c for c in pd.concat(masks) if c in features]
     arch, window = head_config(head, features[pool[0]].features.shape[1])
     for val_ids in masks:
         val_set = set(val_ids)
         train = [features[c] for c in pool if c not in val_set]
         val = [features[c] for c in val_ids if c in features]
-        torch.manual_seed(finetune_cfg["seed"])
-        model = copy.deepcopy(start) if start is not None else new_head(arch, train)
+        if pretrain_cfg and pretrain_cfg["epochs"] > 0:
+            model = pretrain(train, arch, window, copy.deepcopy(pretrain_cfg), text_emb)[0]
+        else:
+            torch.manual_seed(finetune_cfg["seed"])
+            model = new_head(arch, train)
         _, _, best = finetune(train, val, model, window, copy.deepcopy(finetune_cfg))
         yield float(best["val_mean_ccc"])
 
 
-def selection_files(features: str, clips: str, head_path: str, settings: dict, folds: int, out: str) -> None:
+def selection_files(features: str, clips: str, text: str, settings: dict, folds: int, out: str) -> None:
     """A run's selection score on files (`cv.select`): tune's objective for the run's own settings, i.e. the
     mean over `folds` folds by actor of the training and validation clips of `clips` of the fine-tuned
     head's best validation mean CCC; the test split is never read. A run with pretraining (``pretrain.epochs``
-    above 0) starts each fold from its pretrained head `head_path`; that head was pretrained on all the
-    training clips, so on the folds its score is, if anything, in pretraining's favour. Written to `out` as
-    JSON with each fold's score."""
+    above 0) pretrains in each fold on that fold's training clips (prompts' embeddings `text`), so that no
+    label of a fold's validation clips reaches its head. Written to `out` as JSON with each fold's score."""
     data = load_splits(features, clips, ("train", "val"))
     loaded = {c.clip_id: c for c in data["train"] + data["val"]}
     masks = tuning_folds(read_clips(clips), folds)
-    start = load_head(head_path)[0] if settings["pretrain"]["epochs"] > 0 else None
-    scores = list(fold_scores(masks, loaded, settings["head"], settings["finetune"], start))
+    pretraining = settings["pretrain"]["epochs"] > 0
+    text_emb = np.load(text)["embeddings"] if pretraining else None
+    scores = list(fold_scores(masks, loaded, settings["head"], settings["finetune"], settings["pretrain"], text_emb))
     log.info("selection score %.4f (folds %s)", np.mean(scores), ", ".join(f"{s:.4f}" for s in scores))
-    record = {"mean_ccc": float(np.mean(scores)), "folds": scores, "pretrained_start": start is not None}
+    record = {"mean_ccc": float(np.mean(scores)), "folds": scores, "pretrained": pretraining}
     write_text(out, json.dumps(record, indent=1))
 
 

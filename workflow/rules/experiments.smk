@@ -26,7 +26,7 @@ rule selection_score:
     input:
         features=FEATURES,
         clips=exp_clips,
-        head=PRETRAINED,
+        text=text_embeddings,
     output:
         f"{EXP}/select.json",
     log:

@@ -4,7 +4,7 @@ from clipva.tune import selection_files
 
 def main(smk):
     i, p = smk.input, smk.params
-    selection_files(i.features, i.clips, i.head, p.settings, p.folds, smk.output[0])
+    selection_files(i.features, i.clips, i.text, p.settings, p.folds, smk.output[0])
 
 
 run_job(snakemake, main)  # noqa: F821
