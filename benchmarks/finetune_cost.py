@@ -10,7 +10,7 @@ on validation; then the starting validation) plus the epochs, extrapolated to `f
 
     .venv/bin/python benchmarks/finetune_cost.py
     .venv/bin/python benchmarks/finetune_cost.py --clips 120 --rounds 3
-    .venv/bin/python benchmarks/finetune_cost.py --variant readout=linear   # a head setting against the default
+    .venv/bin/python benchmarks/finetune_cost.py --variant readout=kernel   # a head setting against the default
 
 With --variant KEY=VALUE, *before* is config.yaml's head and *now* the same with that head setting changed.
 """

@@ -89,7 +89,7 @@ def test_pretraining_learns_and_finetuning_beats_the_ridge_probe(data):
 
 
 def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data):
-    """The defaults' head with the linear readout (from the ridge fit), transformer correction, learned smoothing."""
+    """The defaults' head (linear readout from the ridge fit, transformer correction, learned smoothing)."""
     cfg = HeadConfig(in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, input_dropout=0.3, whitening_eps=10.0)
     head = TemporalHead(cfg)
     head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in data["train"]])))
