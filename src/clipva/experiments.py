@@ -154,9 +154,9 @@ def cv_summary_files(
     metrics: list[str],
     predictions: list[str],
     out: dict[str, str],
-    histories: list[str] = (),
-    selected: list[str] = (),
-    selection: list[str] = (),
+    histories: list[str],
+    selected: list[str],
+    selection: list[str],
 ) -> None:
     """`cv_summary` of each run's folds, read from their metrics.json and predictions.csv paths (both in the
     order run by run, fold by fold), written to `out`'s ``summary`` (CSV) and ``plot`` paths. `histories`
@@ -166,7 +166,7 @@ def cv_summary_files(
     found = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, metrics, strict=True)}
     tables = {key: pd.read_csv(path, dtype={"clip_id": str}) for key, path in zip(keys, predictions, strict=True)}
     scores: dict[tuple[str, int], dict[str, float]] = {key: {} for key in keys}
-    for key, path in zip(keys if histories else [], histories, strict=True):
+    for key, path in zip(keys, histories, strict=True):
         scores[key]["validation"] = json.loads(Path(path).read_text())["best"]["val_mean_ccc"]
     chosen = [(run, fold) for run in selected for fold in range(folds)]
     for key, path in zip(chosen, selection, strict=True):
