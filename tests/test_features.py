@@ -3,15 +3,17 @@ import time
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from clipva.afew import index_dataset
+from clipva.afew import index_dataset, read_frames
+from clipva.atomic import write_csv
 from clipva.crop import crop_face, square_box
 from clipva.encoder import check_pretrained, cpu_has_fast_bf16, load_clip, resolve_precision
 from clipva.errors import ConfigError
-from clipva.extract import decode_workers, extract_features, shard_clips
+from clipva.extract import decode_workers, extract_features, shard_clips, shard_frames
 from clipva.store import FeatureStore, merge_stores
 
 CROP = {"method": "landmarks", "margin": 0.2}
@@ -115,6 +117,26 @@ def test_shards_are_disjoint_and_complete():
     ids = [f"{i:03d}" for i in range(1, 12)]
     parts = [shard_clips(ids, 3, k) for k in range(3)]
     assert sorted(sum(parts, [])) == ids
+
+
+def test_a_shard_job_reads_its_frames_in_pieces_as_the_whole_table_gives_them(demo_root, tmp_path):
+    """shard_frames streams frames.csv (a shard job of millions of frames holds its own rows only) and
+    returns exactly the rows, values, types and index that filtering the whole table gives, also where one
+    piece has no label, no box source or no valid box at all while another has them."""
+    frames, _ = index_dataset(demo_root)
+    first = frames["clip_id"] == frames["clip_id"].iloc[0]
+    frames.loc[first, ["valence", "arousal", "box_source"]] = np.nan
+    frames.loc[first, "labeled"] = False
+    write_csv(tmp_path / "frames.csv", frames)
+    whole = read_frames(tmp_path / "frames.csv")
+    for shards in (1, 2, 3):
+        parts = [shard_frames(str(tmp_path / "frames.csv"), shards, k, rows=int(first.sum())) for k in range(shards)]
+        for k, part in enumerate(parts):
+            ids = shard_clips(whole["clip_id"].unique().tolist(), shards, k)
+            pd.testing.assert_frame_equal(part, whole[whole["clip_id"].isin(ids)])
+        assert sorted(i for part in parts for i in part.index) == list(whole.index)
+    write_csv(tmp_path / "empty.csv", frames.iloc[:0])
+    assert shard_frames(str(tmp_path / "empty.csv"), 2, 0).columns.tolist() == frames.columns.tolist()
 
 
 @pytest.fixture(scope="module")

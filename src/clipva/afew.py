@@ -357,11 +357,13 @@ def write_afew_clip(
     return folder
 
 
-def read_frames(path: str | Path) -> pd.DataFrame:
-    """The frames table written by the index rule (clip ids kept as strings like '001')."""
+def read_frames(path: str | Path, **options) -> pd.DataFrame:
+    """The frames table written by the index rule (clip ids kept as strings like '001'); `options` go to
+    pandas.read_csv (usecols, chunksize: then an iterator of tables)."""
     return pd.read_csv(
         path,
         dtype={"clip_id": str, "actor": str, "path": str, "box_source": str},
         keep_default_na=False,
         na_values=[""],
+        **options,
     )

@@ -92,6 +92,23 @@ def shard_clips(clip_ids: list[str], shards: int, shard: int) -> list[str]:
     return sorted(clip_ids)[shard::shards]
 
 
+SHARD_READ_ROWS = 1 << 17  # rows of frames.csv a shard job holds at once beyond its own
+
+
+def shard_frames(frames_csv: str, shards: int, shard: int, rows: int = SHARD_READ_ROWS) -> pd.DataFrame:
+    """The rows of the frames table of shard `shard` of `shards` (shard_clips of all its clip ids), as
+    read_frames would give them, index included, read in pieces of `rows` rows: a shard job of a data set
+    of millions of frames holds its own frames, not every shard's."""
+    if shards == 1:
+        return read_frames(frames_csv)
+    ids: set[str] = set()
+    for piece in read_frames(frames_csv, usecols=["clip_id"], chunksize=rows):
+        ids.update(piece["clip_id"].dropna())
+    mine = set(shard_clips(list(ids), shards, shard))
+    pieces = [piece[piece["clip_id"].isin(mine)] for piece in read_frames(frames_csv, chunksize=rows)]
+    return pd.concat(pieces) if pieces else read_frames(frames_csv)  # no rows: no pieces
+
+
 def extract_features(
     frames: pd.DataFrame,
     out_path: str,
@@ -209,11 +226,9 @@ def extract_shard(
 ) -> dict:
     """`extract_features` of shard `shard` of `shards` of the index `frames_csv`, with CLIP of the config's
     ``clip`` section; `workers` is the ``features.workers`` setting for a job of `threads` threads."""
-    frames = read_frames(frames_csv)
-    ids = shard_clips(frames["clip_id"].unique().tolist(), shards, shard)
+    chosen = shard_frames(frames_csv, shards, shard)
     encoder = load_clip_from(clip_settings)
     num_workers = decode_workers(workers, threads, encoder.device)
-    chosen = frames[frames["clip_id"].isin(ids)]
     return extract_features(
         chosen, out, encoder, face_crop, clip_settings["pretrained"], num_workers=num_workers, **options
     )
