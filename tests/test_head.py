@@ -185,8 +185,51 @@ def test_kernel_readout_is_the_nystroem_expansion_on_its_centres():
     torch.testing.assert_close(head(x)[0], loaded.eval()(x)[0])
 
 
+def test_the_kernel_measures_distances_in_the_leading_directions_only():
+    """With a kernel_share of the directions the kernel's features ignore what a frame changes in the features' trailing
+    principal directions, and still see the leading ones; with 0 every direction counts."""
+    scales = torch.logspace(1, -2, CFG.in_dim, dtype=torch.float64)  # variance falls from the first feature on
+    features = torch.randn(2000, CFG.in_dim, dtype=torch.float64) * scales
+    heads = {}
+    for dims in (6, 0):  # 6 of 24 directions, or all
+        share = dims / CFG.in_dim or 1.0
+        head = TemporalHead(replace(CFG, readout="kernel", kernel_centres=16, kernel_share=share)).eval()
+        head.set_feature_stats(features)
+        head.set_kernel(head.whiten(features[:16].float()).double(), gamma=0.1)
+        heads[dims] = head
+    projection = heads[6].kernel_projection
+    torch.testing.assert_close(projection @ projection, projection, atol=1e-5, rtol=1e-5)
+    assert torch.linalg.matrix_rank(projection) == 6 and heads[0].kernel_projection.equal(torch.eye(CFG.in_dim))
+    assert (projection.diagonal()[:6] > 0.9).all()  # the first features are the leading directions
+    z = heads[6].whiten(features[16:20].float())
+    step = torch.randn(CFG.in_dim)
+    trailing, leading = step - step @ projection, step @ projection
+    trailing, leading = 3 * trailing / trailing.norm(), 3 * leading / leading.norm()
+    phi = {dims: [h.kernel_features(z + d) for d in (0, trailing, leading)] for dims, h in heads.items()}
+    torch.testing.assert_close(phi[6][1], phi[6][0], atol=1e-5, rtol=1e-4)
+    assert (phi[6][2] - phi[6][0]).abs().max() > 1e-2
+    assert (phi[0][1] - phi[0][0]).abs().max() > 1e-2
+
+
+def test_a_kernel_head_saved_before_kernel_share_loads_as_it_predicted():
+    """Its state has no kernel_projection: it measured distances in every direction, and still does."""
+    cfg = replace(CFG, readout="kernel", kernel_centres=8)
+    head = TemporalHead(replace(cfg, kernel_share=1.0)).eval()
+    head.set_kernel(torch.randn(5, CFG.in_dim, dtype=torch.float64), gamma=0.05)
+    with torch.no_grad():
+        head.kernel.weight.normal_(0, 0.3)
+    old = {k: v for k, v in head.state_dict().items() if k != "kernel_projection"}
+    loaded = TemporalHead(cfg).eval()
+    loaded.load_state_dict(old)
+    x = torch.randn(1, 7, CFG.in_dim)
+    torch.testing.assert_close(loaded(x)[0], head(x)[0])
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"kernel_share {share} is not in"):
+            TemporalHead(replace(cfg, kernel_share=share))
+
+
 def test_a_linear_readout_saves_what_it_saved_before_the_kernel_readout_existed():
-    kernel = {"centres", "nystroem", "kernel_gamma", "kernel.weight", "kernel.bias"}
+    kernel = {"centres", "nystroem", "kernel_gamma", "kernel.weight", "kernel.bias", "kernel_projection"}
     assert not kernel & set(_head().state_dict())
     assert kernel <= set(TemporalHead(replace(CFG, readout="kernel")).state_dict())
 

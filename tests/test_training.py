@@ -283,8 +283,10 @@ def _bent_clips(n, seed, dim=8):
 def test_the_kernel_readout_starts_from_kernel_ridge_and_fits_what_the_linear_one_cannot():
     train, val = _bent_clips(30, 0), _bent_clips(8, 1)
     starts = {}
-    for readout in ("linear", "kernel"):
-        cfg = HeadConfig(in_dim=8, d_model=16, depth=1, heads=2, embed_dim=8, readout=readout, kernel_centres=256)
+    for readout in ("linear", "kernel"):  # isotropic features have no leading directions: the kernel sees all
+        cfg = HeadConfig(
+            in_dim=8, d_model=16, depth=1, heads=2, embed_dim=8, readout=readout, kernel_centres=256, kernel_share=1.0
+        )
         head = TemporalHead(cfg)
         head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
         starts[readout] = init_linear_from_ridge(head, train, val, WINDOW)

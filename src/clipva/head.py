@@ -31,6 +31,7 @@ class HeadConfig:
     output: str = "linear"  # linear (clamped to -1..1 when predicting) | tanh
     readout: str = "linear"  # per-frame readout: linear | kernel (linear plus a Gaussian kernel correction)
     kernel_centres: int = 1024  # training frames the kernel correction is expanded on
+    kernel_share: float = 0.25  # share of the features' principal directions (the leading ones) the kernel sees
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
@@ -67,6 +68,8 @@ class TemporalHead(nn.Module):
             raise ValueError(f"head readout {cfg.readout!r} is not linear or kernel")
         if not 1 <= cfg.kernel_centres <= MAX_KERNEL_CENTRES:
             raise ValueError(f"head kernel_centres {cfg.kernel_centres} is not in 1..{MAX_KERNEL_CENTRES}")
+        if not 0 < cfg.kernel_share <= 1:
+            raise ValueError(f"head kernel_share {cfg.kernel_share} is not in (0, 1]")
         self.layers = nn.ModuleList(_encoder_layer(cfg, i) for i in range(cfg.depth if cfg.type != "none" else 0))
         # log of the smoothing's standard deviation in frames, per output; set by fine-tuning's start
         self.log_sigma = nn.Parameter(torch.zeros(2), requires_grad=cfg.smoothing)
@@ -79,9 +82,14 @@ class TemporalHead(nn.Module):
         # exp(-gamma |z - c|^2) @ K_cc^(-1/2) of the whitened frame z for centres c (set_kernel), started from
         # kernel ridge on the linear fit's residuals: the probe can bend where the data asks for it, and for a
         # frame far from every centre (an unseen face) the correction fades and the linear path remains.
+        # Its distances are measured within the features' leading principal directions (kernel_share of them)
+        # (kernel_projection, set with the whitening): whitening lifts the many low-variance directions
+        # towards the scale of the leading ones, and summed over hundreds of them the small differences that
+        # carry no label (compression, another face's details) outweigh those that do.
         # Nothing of it exists with a linear readout, so those checkpoints and model folders stay as they were.
         kernel = cfg.readout == "kernel"
         m = cfg.kernel_centres if kernel else 0
+        self.register_buffer("kernel_projection", torch.eye(cfg.in_dim if kernel else 0), persistent=kernel)
         self.register_buffer("centres", torch.zeros(m, cfg.in_dim), persistent=kernel)
         self.register_buffer("nystroem", torch.zeros(m, m), persistent=kernel)
         self.register_buffer("kernel_gamma", torch.ones(()), persistent=kernel)
@@ -94,6 +102,7 @@ class TemporalHead(nn.Module):
         self.pool_proj = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.embed_dim)
         )
+        self.register_load_state_dict_pre_hook(_all_directions_if_unsaved)
 
     @torch.no_grad()
     def set_feature_stats(self, features: Tensor) -> None:
@@ -111,6 +120,10 @@ class TemporalHead(nn.Module):
         eps = self.cfg.whitening_eps * eigval.clamp_min(0).mean() + 1e-12
         self.feature_mean.copy_(mean)
         self.whitening.copy_(eigvec @ torch.diag((eigval.clamp_min(0) + eps).rsqrt()) @ eigvec.T)
+        dims = max(1, round(self.cfg.kernel_share * len(eigval)))
+        if self.cfg.readout == "kernel" and dims < len(eigval):
+            lead = eigvec[:, -dims:]  # whitening keeps the eigenvectors: the leading ones of the features
+            self.kernel_projection.copy_(lead @ lead.T)
 
     def whiten(self, x: Tensor) -> Tensor:
         return (x - self.feature_mean) @ self.whitening
@@ -119,7 +132,7 @@ class TemporalHead(nn.Module):
     def set_kernel(self, centres: Tensor, gamma: float) -> None:
         """The kernel readout's expansion: `centres` (at most kernel_centres, whitened training frames) and the
         Gaussian kernel's gamma. Unused centre slots stay zero and give zero features."""
-        c = centres.double()
+        c = centres.double() @ self.kernel_projection.double()
         k = torch.exp(-gamma * torch.cdist(c, c).square())
         eigval, eigvec = torch.linalg.eigh(k)
         keep = eigval > eigval.max() * 1e-8  # duplicate or near-duplicate centres add nothing
@@ -132,6 +145,7 @@ class TemporalHead(nn.Module):
 
     def kernel_features(self, z: Tensor) -> Tensor:
         """Whitened frames (..., in_dim) -> their Nystroem features (..., kernel_centres)."""
+        z = z @ self.kernel_projection.to(z.dtype)
         d2 = (z.square().sum(-1, keepdim=True) - 2 * z @ self.centres.T + self.centres.square().sum(-1)).clamp_min(0)
         return torch.exp(-self.kernel_gamma * d2) @ self.nystroem
 
@@ -169,6 +183,12 @@ class TemporalHead(nn.Module):
         if self.cfg.smoothing:
             va = gaussian_smooth(va, mask, self.log_sigma.exp())
         return torch.tanh(va) if self.cfg.output == "tanh" else va
+
+
+def _all_directions_if_unsaved(module, state, prefix, *_) -> None:
+    """A kernel readout saved before kernel_share existed measured its distances in every direction."""
+    if module.cfg.readout == "kernel" and prefix + "centres" in state and prefix + "kernel_projection" not in state:
+        state[prefix + "kernel_projection"] = torch.eye(module.cfg.in_dim)
 
 
 HEAD_TYPES = ("transformer", "conv", "gru", "none")

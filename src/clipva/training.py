@@ -390,6 +390,7 @@ def kernel_candidates(head: TemporalHead, xs: list[np.ndarray], keep: list[np.nd
     within = picked - np.r_[0, np.cumsum(counts)][clip]
     x = np.stack([xs[i][np.flatnonzero(keep[i])[j]] for i, j in zip(clip, within, strict=True)])
     c = head.whiten(torch.from_numpy(x).to(head.feature_mean.device).float()).double()
+    c = c @ head.kernel_projection.double()  # the directions the kernel measures distances in
     d2 = torch.cdist(c, c).square()[~torch.eye(len(c), dtype=torch.bool, device=c.device)]
     median = d2.median().clamp_min(1e-12) if len(d2) else torch.tensor(1.0)  # one labeled frame: any width
     return c, [float(scale / median) for scale in KERNEL_SCALES]
