@@ -132,11 +132,13 @@ def step(name: str, root: Path, work: Path, fit: bool = True) -> dict:
     elif name == "read_whole":  # what a shard job's reading held before it streamed: the whole table
         from clipva.afew import read_frames
         from clipva.extract import shard_clips
+        from clipva.splits import read_clips
 
+        shards = len(read_clips(clips)) // 10  # as the extract step's
         start = time.perf_counter()
         frames = read_frames(index)
         ids = frames["clip_id"].unique().tolist()
-        out["shard_frames"] = int(frames["clip_id"].isin(shard_clips(ids, len(ids) // 10, 0)).sum())
+        out["shard_frames"] = int(frames["clip_id"].isin(shard_clips(ids, shards, 0)).sum())
     elif name == "merge":
         import numpy as np
 

@@ -122,7 +122,7 @@ def test_shards_are_disjoint_and_complete():
 def test_a_shard_job_reads_its_frames_in_pieces_as_the_whole_table_gives_them(demo_root, tmp_path):
     """shard_frames streams frames.csv (a shard job of millions of frames holds its own rows only) and
     returns exactly the rows, values, types and index that filtering the whole table gives, also where one
-    piece has no label, no box source or no valid box at all while another has them."""
+    piece has no label and no box source while another has them."""
     frames, _ = index_dataset(demo_root)
     first = frames["clip_id"] == frames["clip_id"].iloc[0]
     frames.loc[first, ["valence", "arousal", "box_source"]] = np.nan

@@ -223,6 +223,7 @@ def test_a_kernel_head_saved_before_kernel_share_loads_as_it_predicted():
     loaded.load_state_dict(old)
     x = torch.randn(1, 7, CFG.in_dim)
     torch.testing.assert_close(loaded(x)[0], head(x)[0])
+    assert loaded.cfg.kernel_share == 1.0  # and says so, for a head fine-tuned or exported from it
     for share in (0.0, 1.5):
         with pytest.raises(ValueError, match=f"kernel_share {share} is not in"):
             TemporalHead(replace(cfg, kernel_share=share))

@@ -362,7 +362,7 @@ def read_frames(path: str | Path, **options) -> pd.DataFrame:
     pandas.read_csv (usecols, chunksize: then an iterator of tables)."""
     return pd.read_csv(
         path,
-        dtype={"clip_id": str, "actor": str, "path": str, "box_source": str},
+        dtype={"clip_id": str, "actor": str, "path": str, "box_source": str, "subset": str},
         keep_default_na=False,
         na_values=[""],
         **options,

@@ -8,7 +8,7 @@ regression that scales with the number of centres, not of training frames), corr
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -120,10 +120,10 @@ class TemporalHead(nn.Module):
         eps = self.cfg.whitening_eps * eigval.clamp_min(0).mean() + 1e-12
         self.feature_mean.copy_(mean)
         self.whitening.copy_(eigvec @ torch.diag((eigval.clamp_min(0) + eps).rsqrt()) @ eigvec.T)
-        dims = max(1, round(self.cfg.kernel_share * len(eigval)))
-        if self.cfg.readout == "kernel" and dims < len(eigval):
-            lead = eigvec[:, -dims:]  # whitening keeps the eigenvectors: the leading ones of the features
-            self.kernel_projection.copy_(lead @ lead.T)
+        if self.cfg.readout == "kernel":  # whitening keeps the eigenvectors: the leading ones of the features
+            lead = eigvec[:, -max(1, round(self.cfg.kernel_share * len(eigval))) :]
+            full = lead.shape[1] == len(eigval)
+            self.kernel_projection.copy_(torch.eye(len(eigval)) if full else lead @ lead.T)
 
     def whiten(self, x: Tensor) -> Tensor:
         return (x - self.feature_mean) @ self.whitening
@@ -189,6 +189,7 @@ def _all_directions_if_unsaved(module, state, prefix, *_) -> None:
     """A kernel readout saved before kernel_share existed measured its distances in every direction."""
     if module.cfg.readout == "kernel" and prefix + "centres" in state and prefix + "kernel_projection" not in state:
         state[prefix + "kernel_projection"] = torch.eye(module.cfg.in_dim)
+        module.cfg = replace(module.cfg, kernel_share=1.0)
 
 
 HEAD_TYPES = ("transformer", "conv", "gru", "none")
