@@ -23,11 +23,13 @@ pytestmark = pytest.mark.e2e
 FPS = 10
 # These tests are about the video path and compare its predictions with the store's and the labels, so they
 # train what the tiny config learns in a few epochs: labels that move little within a clip, and the head the
-# thresholds were measured with (tanh output, no smoothing); the default head keeps 2 test clips' valence
-# nearly constant here, which makes the correlations meaningless.
+# thresholds were measured with (linear readout, tanh output, no smoothing). The default head keeps 2 test
+# clips' valence nearly constant here, which makes the correlations meaningless, and with the default kernel
+# readout the tiny set's few validation frames decide whether a correction is kept, which moves them by
+# chance; how the kernel readout carries over to video at the demo's scale is benchmarks/crop_boxes.py's.
 STILL = {
     "demo": {"dynamics": {"level": 7.5, "movement": 2}},
-    "head": {"output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0},
+    "head": {"readout": "linear", "output": "tanh", "smoothing": False, "whitening_eps": 1.0, "input_dropout": 0.0},
 }
 
 
