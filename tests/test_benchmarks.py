@@ -129,7 +129,7 @@ def test_finetune_epoch_runs():
     assert 0 < figure(out, "data loading") < 100
 
 
-@pytest.mark.parametrize("variant", [[], ["--variant", "readout=kernel"]])
+@pytest.mark.parametrize("variant", [[], ["--variant", "readout=linear"]])
 def test_finetune_cost_compares_now_with_before(variant):
     out = run("finetune_cost.py", "--clips", "10", "--epochs", "1", "--rounds", "1", *variant)
     now, before = (
@@ -137,7 +137,7 @@ def test_finetune_cost_compares_now_with_before(variant):
         for name in ("now", "before")
     )
     assert figure(out, "ratio run now / before") == pytest.approx(now / before, abs=0.01)
-    assert ("the default head with readout = kernel" in out) == bool(variant)
+    assert ("the default head with readout = linear" in out) == bool(variant)
 
 
 def test_training_step_prints_both_paths():
