@@ -252,6 +252,27 @@ def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp
     assert f"test_mean_ccc: {metrics['pooled']['mean_ccc']:.4f}" in card and "the clipva demo" in card
 
 
+def test_the_default_kernel_readout_predicts_videos_from_its_folder_and_in_any_batches(trained, tmp_path):
+    """The default head (kernel readout) on the video path: its exported folder predicts as its checkpoint, and
+    decoding beside the encoder moves its curves by less than the 4 decimals the tables are written with: the
+    kernel correction enlarges the encoder's batch-dependent rounding (5e-6 here; 2.7e-5 with the tanh head
+    above, beyond pandas' default tolerance, which the linear readout's stay within)."""
+    workdir, videos, counts = trained
+    copy = tmp_path / "kernel"
+    shutil.copytree(workdir, copy)  # the same index and features: only fine-tuning and the export run again
+    run_snakemake(copy, "results/runs/main/model", overrides={"demo": STILL["demo"]})
+    model = load_model(copy / "results/runs/main/model")
+    assert model.head.cfg.readout == "kernel" and model.head.kernel is not None
+    settings = yaml.safe_load((copy / "results/config.yaml").read_text())["config"]
+    head, ckpt = load_head(copy / "results/runs/main/finetune/best.pt")
+    own = Model(load_clip_from(settings["clip"]), None, head.eval(), ckpt["window"], settings["face_crop"])
+    video = videos / f"clip {next(iter(counts))}.mp4"
+    curves = predict_video(video, model)
+    pd.testing.assert_frame_equal(curves, predict_video(video, own))
+    beside = predict_video(video, model, overlap=True, batch_size=4)
+    pd.testing.assert_frame_equal(beside, curves, check_exact=False, rtol=0, atol=1e-4)
+
+
 def test_annotated_videos_become_training_data(trained, tmp_path):
     """A folder of videos with per-frame label files, converted into AFEW-VA layout by the workflow."""
     workdir, _, _ = trained
