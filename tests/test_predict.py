@@ -234,6 +234,13 @@ def test_decoding_beside_the_encoder_gives_the_same_predictions(trained):
     )
 
 
+def _checkpoint(workdir) -> Model:
+    """The run's fine-tuned checkpoint with the run's own settings, as a model `predict_video` takes."""
+    settings = yaml.safe_load((workdir / "results/config.yaml").read_text())["config"]
+    head, ckpt = load_head(workdir / "results/runs/main/finetune/best.pt")
+    return Model(load_clip_from(settings["clip"]), None, head.eval(), ckpt["window"], settings["face_crop"])
+
+
 def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp_path):
     """The exported folder (safetensors and JSON, copied elsewhere as a download would be) gives the same
     curves as the run's fine-tuned checkpoint with the run's settings."""
@@ -242,11 +249,8 @@ def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp
     shutil.copytree(workdir / "results/runs/main/model", shared)
     kinds = {p.suffix or p.name for p in shared.rglob("*") if p.is_file()}
     assert kinds == {".json", ".md", ".safetensors", ".snakemake_timestamp"}, kinds
-    settings = yaml.safe_load((workdir / "results/config.yaml").read_text())["config"]
-    head, ckpt = load_head(workdir / "results/runs/main/finetune/best.pt")
-    own = Model(load_clip_from(settings["clip"]), None, head.eval(), ckpt["window"], settings["face_crop"])
     video = videos / f"clip {next(iter(counts))}.mp4"
-    pd.testing.assert_frame_equal(predict_video(video, load_model(shared)), predict_video(video, own))
+    pd.testing.assert_frame_equal(predict_video(video, load_model(shared)), predict_video(video, _checkpoint(workdir)))
     card = (shared / "README.md").read_text()
     metrics = json.loads((workdir / "results/runs/main/eval/metrics.json").read_text())
     assert f"test_mean_ccc: {metrics['pooled']['mean_ccc']:.4f}" in card and "the clipva demo" in card
@@ -263,12 +267,9 @@ def test_the_default_kernel_readout_predicts_videos_from_its_folder_and_in_any_b
     run_snakemake(copy, "results/runs/main/model", overrides={"demo": STILL["demo"]})
     model = load_model(copy / "results/runs/main/model")
     assert model.head.cfg.readout == "kernel" and model.head.kernel is not None
-    settings = yaml.safe_load((copy / "results/config.yaml").read_text())["config"]
-    head, ckpt = load_head(copy / "results/runs/main/finetune/best.pt")
-    own = Model(load_clip_from(settings["clip"]), None, head.eval(), ckpt["window"], settings["face_crop"])
     video = videos / f"clip {next(iter(counts))}.mp4"
     curves = predict_video(video, model)
-    pd.testing.assert_frame_equal(curves, predict_video(video, own))
+    pd.testing.assert_frame_equal(curves, predict_video(video, _checkpoint(copy)))
     beside = predict_video(video, model, overlap=True, batch_size=4)
     pd.testing.assert_frame_equal(beside, curves, check_exact=False, rtol=0, atol=1e-4)
 
