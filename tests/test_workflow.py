@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, copy_built, run_snakemake
 
 pytestmark = pytest.mark.e2e
@@ -142,6 +143,24 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path):
     assert proc.returncode != 0 and "epochz" in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize(
+    ("runs", "named"),
+    [
+        ({"warm": {"finetune": {"start_from": "nosuch"}}}, ["runs.warm", "start_from 'nosuch'", "neither"]),
+        ({"a": {"finetune": {"start_from": "b"}}, "b": {"finetune": {"start_from": "a"}}}, ["loop: a -> b -> a"]),
+        (
+            {"warm": {"finetune": {"start_from": "main"}, "head": {"window": 8, "stride": 4}}},
+            ["head.stride, head.window"],
+        ),
+    ],
+)
+def test_a_start_from_that_cannot_work_is_rejected_naming_it(tmp_path, runs, named):
+    proc = run_snakemake(tmp_path, "-n", overrides={"runs": runs}, check=False)
+    assert proc.returncode != 0
+    for words in named:
+        assert words in proc.stderr + proc.stdout
+
+
 def test_bad_input_stops_with_the_file_named_and_no_output(tmp_path):
     data = tmp_path / "data"
     from clipva.demo import make_demo
@@ -193,6 +212,43 @@ def test_lora_run_lives_beside_the_frozen_run(finished):
     sub = pd.read_csv(finished / "results/submission.csv", dtype={"clip_id": str})
     pred = pd.read_csv(run / "eval/predictions.csv", dtype={"clip_id": str})
     assert len(sub) == len(pred[pred["split"].isin(["test", "unlabeled"])])
+
+
+def test_a_run_started_from_another_begins_where_that_one_ended(finished):
+    """finetune.start_from: the run's fine-tuning starts from the other run's best head (no ridge start, no
+    pretraining of its own), so it begins at that head's validation score and can only keep or beat it."""
+    warm = {"runs": {"warm": {"finetune": {"start_from": "main", "epochs": 2, "lr": 1e-4}}}}
+    target = "results/runs/warm/eval/metrics.json"
+    planned = _planned(run_snakemake(finished, "-n", target, overrides=warm))
+    assert planned == {"finetune", "evaluate"}  # main is reused as it is
+    run_snakemake(finished, target, overrides=warm)
+    main = json.loads((finished / "results/runs/main/finetune/history.json").read_text())["best"]
+    started = json.loads((finished / "results/runs/warm/finetune/history.json").read_text())["best"]
+    assert main["epoch"] >= 0  # main's best head is not its ridge start, so the two starts differ
+    assert main["start_val_mean_ccc"] != pytest.approx(main["val_mean_ccc"], abs=1e-4)
+    assert started["start_val_mean_ccc"] == pytest.approx(main["val_mean_ccc"], abs=1e-6)
+    assert started["val_mean_ccc"] >= main["val_mean_ccc"]
+    # in cross-validation each fold starts from the other run's head of the same fold
+    jobs = _planned_jobs(run_snakemake(finished, "-n", "results/cv/warm/fold1/finetune/best.pt", overrides=warm))
+    trained = sorted(re.search(r"exp=(\S+)", block).group(1) for block in jobs["finetune"])
+    assert trained == ["cv/main/fold1", "cv/warm/fold1"]
+    assert [re.search(r"exp=(\S+)", block).group(1) for block in jobs["pretrain"]] == ["cv/main/fold1"]
+
+
+def test_the_shipped_lora_config_starts_where_the_frozen_run_ended(finished):
+    """configs/lora.yaml (fewer epochs): a LoRA run beside main, started from main's head; with new adapters
+    (no pretraining, the default) the image tower gives the cached features, so its start is main's best."""
+    runs = yaml.safe_load((REPO / "configs/lora.yaml").read_text())["runs"]
+    runs["lora"]["finetune"]["epochs"] = 1
+    runs["lora"]["lora"] |= {"num_workers": 0}
+    runs["lora"]["pretrain"] = {"epochs": 0}  # the tiny config pretrains; the shipped default does not
+    run_snakemake(finished, "compare", overrides={"runs": runs})
+    main = json.loads((finished / "results/runs/main/finetune/history.json").read_text())["best"]
+    lora = json.loads((finished / "results/runs/lora/finetune/history.json").read_text())["best"]
+    assert lora["start_val_mean_ccc"] == pytest.approx(main["val_mean_ccc"], abs=1e-4)
+    table = pd.read_csv(finished / "results/compare/runs.csv")
+    assert set(table["run"]) == {"main", "lora"}
+    assert table.set_index("run").loc["lora", "backbone"] == "lora"
 
 
 def test_a_code_edit_reruns_every_run_whose_scripts_import_it(finished, tmp_path):

@@ -428,7 +428,7 @@ def finetune(
 ) -> tuple[TemporalHead, list[dict], dict]:
     """Per-frame regression of valence and arousal (scaled to -1..1) with AdamW, warm-up and cosine decay;
     keeps the head of the best validation mean CCC and stops after `patience` epochs without improvement.
-    Returns (best head, history, best record)."""
+    Returns (best head, history, best record); the record also holds the start's validation mean CCC."""
     torch.manual_seed(cfg["seed"])
     backbone = backbone or CachedFeatures()
     head = head.to(device)
@@ -443,6 +443,7 @@ def finetune(
     scheduler = warmup_cosine(optimizer, cfg["warmup_epochs"] * steps_per_epoch, cfg["epochs"] * steps_per_epoch)
     history: list[dict] = []
     start_scores = validation_ccc(head, val, window, backbone)
+    log.info("finetune: the start scores val mean CCC %.3f", start_scores["mean"])
     best = {"epoch": -1, "val_mean_ccc": start_scores["mean"]}  # the starting point counts as a candidate
     best_state = copy.deepcopy(head.state_dict())
     best_backbone = copy.deepcopy(backbone.state_dict())
@@ -519,7 +520,7 @@ def finetune(
             )
     head.load_state_dict(best_state)
     backbone.load_state_dict(best_backbone)
-    return head.cpu(), history, best
+    return head.cpu(), history, {**best, "start_val_mean_ccc": start_scores["mean"]}
 
 
 def _inputs(*paths: str | None) -> list[str]:
@@ -563,12 +564,15 @@ def finetune_files(
     adapter: str | None = None,
 ) -> None:
     """The fine-tuning step on files: the pretrained head of `head_path` (and adapters of `adapter`) trained
-    on the train split, the best epoch on val kept. `settings`: the ``finetune`` section and the backbone
+    on the train split, the best epoch on val kept; with ``start_from`` the head of `head_path` is another
+    run's fine-tuned one, and the ridge start is skipped. `settings`: the ``finetune`` section and the backbone
     settings; `out`: the paths of the ``head``, the ``adapter`` folder and the ``history``. With
     ``lora.merge``, CLIP with the adapters merged is written into the adapter folder too."""
     data = load_splits(features, clips, ("train", "val"))
     head, ckpt = load_head(head_path)
     cfg, run = settings["finetune"], settings["backbone"]
+    if cfg.get("start_from"):  # a fine-tuned head: a ridge start would throw away what it learned
+        cfg = {**cfg, "linear_init": False}
     backbone = backbone_of(run, frames, adapter)
     resume = ResumeState(state, fingerprint([cfg, run], _inputs(frames, adapter, features, clips, head_path)))
     device = resolve_device()

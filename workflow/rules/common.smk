@@ -175,6 +175,35 @@ for name in config["runs"]:  # a variant must give a valid configuration once me
         raise WorkflowError(f"config runs.{name}: {err}") from None
 
 
+def check_start_from(run):
+    """A run started from another's fine-tuned head: that run must exist, the chain must end, and the head
+    settings must be equal (the head, its window included, is the other run's)."""
+    seen = [run]
+    while (start := run_settings(seen[-1])["finetune"]["start_from"]) is not None:
+        where = f"config runs.{seen[-1]}" if seen[-1] in config["runs"] else "config"
+        if start not in RUNS:
+            raise WorkflowError(
+                f"{where}: finetune.start_from {start!r} is neither `run` nor one of the variants under "
+                f"`runs` ({', '.join(RUNS)})"
+            )
+        if start in seen:
+            raise WorkflowError(
+                f"{where}: finetune.start_from makes a loop: {' -> '.join([*seen, start])}"
+            )
+        ours, theirs = run_settings(seen[-1])["head"], run_settings(start)["head"]
+        differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+        if differ:
+            raise WorkflowError(
+                f"{where}: finetune.start_from {start!r}: the head is {start!r}'s, but head settings differ "
+                f"({', '.join(f'head.{k}' for k in differ)}); set them as in {start!r}"
+            )
+        seen.append(start)
+
+
+for name in RUNS:
+    check_start_from(name)
+
+
 TUNE_JOURNAL = "results/tune/study.journal"  # Optuna's study: shared by the tune jobs, kept across runs
 TUNE_SETTINGS = {k: run_settings(RUN)[k] for k in ("head", "finetune")}
 
@@ -191,6 +220,20 @@ def exp_clips(wildcards):
     return f"results/cv/folds/{wildcards.exp.split('/')[2]}.csv"
 
 
+def start_head(wildcards):
+    """The head fine-tuning starts from: the experiment's pretrained head, or with finetune.start_from the
+    fine-tuned head of that run on the same split or fold."""
+    start = run_settings(exp_run(wildcards))["finetune"]["start_from"]
+    if start is None:
+        return f"results/{wildcards.exp}/pretrain/head.pt"
+    kind, _, *fold = wildcards.exp.split("/")  # runs/<run> or cv/<run>/fold<k>
+    return (
+        f"results/{kind}/{start}/{fold[0]}/finetune/best.pt"
+        if fold
+        else f"results/{kind}/{start}/finetune/best.pt"
+    )
+
+
 def exp_section(name):
     """A config section of the experiment's run, as a params function."""
     return lambda wildcards: run_settings(exp_run(wildcards))[name]
@@ -200,8 +243,17 @@ def is_lora(run):
     return run_settings(run)["training"]["backbone"] == "lora"
 
 
-# the runs whose folds get a selection score (cv.select): those with cached features to score on
-CV_SELECT = [r for r in CV_RUNS if not is_lora(r)] if config["cv"]["select"] else []
+# the runs whose folds get a selection score (cv.select): it fine-tunes fresh heads on cached features, so
+# neither a LoRA run nor a run started from another's head (finetune.start_from) can be scored so
+CV_SELECT = (
+    [
+        r
+        for r in CV_RUNS
+        if not is_lora(r) and run_settings(r)["finetune"]["start_from"] is None
+    ]
+    if config["cv"]["select"]
+    else []
+)
 
 
 def backbone_params(wildcards):

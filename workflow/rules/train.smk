@@ -56,7 +56,7 @@ rule finetune:
         unpack(lora_inputs("pretrain")),
         features=FEATURES,
         clips=exp_clips,
-        head=PRETRAINED,
+        head=start_head,
     output:
         adapter=directory(f"{EXP}/finetune/adapter"),
         head=FINETUNED,
