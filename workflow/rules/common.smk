@@ -176,8 +176,11 @@ for name in config["runs"]:  # a variant must give a valid configuration once me
 
 
 def check_start_from(run):
-    """A run started from another's fine-tuned head: that run must exist, the chain must end, and the head
-    settings must be equal (the head, its window included, is the other run's)."""
+    """A run started from another's fine-tuned head: that run must exist and be a frozen one (a LoRA run's
+    head fits its adapted features), the chain must end, the head settings must be equal (the head, its
+    window included, is the other run's), and the run must not pretrain (fine-tuning would not begin from
+    what its pretraining trained, and a LoRA run's pretrained adapters would change the start's features).
+    """
     seen = [run]
     while (start := run_settings(seen[-1])["finetune"]["start_from"]) is not None:
         where = f"config runs.{seen[-1]}" if seen[-1] in config["runs"] else "config"
@@ -185,6 +188,17 @@ def check_start_from(run):
             raise WorkflowError(
                 f"{where}: finetune.start_from {start!r} is neither `run` nor one of the variants under "
                 f"`runs` ({', '.join(RUNS)})"
+            )
+        if run_settings(start)["training"]["backbone"] == "lora":
+            raise WorkflowError(
+                f"{where}: finetune.start_from {start!r} is a LoRA run, whose head fits the features of its "
+                "adapters; start from a run with training.backbone: frozen"
+            )
+        if run_settings(seen[-1])["pretrain"]["epochs"] > 0:
+            raise WorkflowError(
+                f"{where}: finetune.start_from {start!r} starts fine-tuning from {start!r}'s head, so this run's "
+                "pretraining would be unused (and a LoRA run's pretrained adapters would change the start); "
+                "set pretrain.epochs: 0 here"
             )
         if start in seen:
             raise WorkflowError(
