@@ -47,6 +47,20 @@ def ensure_packages() -> None:
         _sh(*install, timeout=300, env=env)
 
 
+def _die_with_parent() -> None:
+    """In a daemon's child process before exec: SIGTERM when the process that started it dies, however it
+    dies. A test run killed mid-way (SIGKILL, a timeout) would otherwise leave slurmctld holding its ports,
+    and the next test cluster could not start ("Address already in use")."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG (Linux)
+
+
+def daemon(cmd: list[str]) -> subprocess.Popen:
+    """A daemon of the test cluster, quiet, that ends with the process that started it."""
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+
 def _wait(predicate, seconds: float, what: str) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -124,7 +138,6 @@ def loopback_cluster(tmp: Path):
     remove_stale_conf()  # not a state to restore afterwards
     backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, CONF.with_name("gres.conf"))}
     procs: list[subprocess.Popen] = []
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     try:
         key = Path("/etc/munge/munge.key")
         if not key.exists():
@@ -132,7 +145,7 @@ def loopback_cluster(tmp: Path):
         shutil.chown(key, "munge", "munge")
         key.chmod(0o400)
         _sh("install", "-d", "-o", "munge", "-g", "munge", "-m", "0755", "/run/munge")
-        procs.append(subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "--foreground", "--force"], **quiet))
+        procs.append(daemon(["runuser", "-u", "munge", "--", "munged", "--foreground", "--force"]))
         _wait(lambda: Path("/run/munge/munge.socket.2").exists(), 20, "munged did not start")
         fields = _sh("slurmd", "-C").stdout.split()
         node = fields[0].split("=")[1]
@@ -142,8 +155,8 @@ def loopback_cluster(tmp: Path):
         CONF.parent.mkdir(parents=True, exist_ok=True)
         CONF.write_text(_slurm_conf(node, memory, tmp))
         CONF.with_name("gres.conf").write_text(f"NodeName={node} Name=gpu File=/dev/null\n")
-        procs.append(subprocess.Popen(["slurmctld", "-D", "-i"], **quiet))
-        procs.append(subprocess.Popen(["slurmd", "-D"], **quiet))
+        procs.append(daemon(["slurmctld", "-D", "-i"]))
+        procs.append(daemon(["slurmd", "-D"]))
         _wait(
             lambda: "idle" in _sh("sinfo", "-h", "-o", "%T", check=False, timeout=10).stdout,
             60,

@@ -2,7 +2,9 @@
 
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import slurm_loopback
 from slurm_loopback import _slurm_conf, remove_stale_conf
@@ -35,3 +37,34 @@ def test_a_running_controller_is_seen(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_cluster_daemons_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """A test run killed mid-way must not leave slurmctld holding its ports for the next run's cluster."""
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from slurm_loopback import daemon; "
+            "print(daemon(['sleep', '60']).pid, flush=True); time.sleep(60)",
+        ],
+        cwd=Path(slurm_loopback.__file__).parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(starter.stdout.readline())
+    assert Path(f"/proc/{pid}").exists()
+    starter.kill()  # SIGKILL: no teardown runs
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by init, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
