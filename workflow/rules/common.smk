@@ -175,6 +175,43 @@ for name in config["runs"]:  # a variant must give a valid configuration once me
         raise WorkflowError(f"config runs.{name}: {err}") from None
 
 
+TUNE_JOURNAL = "results/tune/study.journal"  # Optuna's study: shared by the tune jobs, kept across runs
+TUNE_SETTINGS = {k: run_settings(RUN)[k] for k in ("head", "finetune")}
+
+
+def exp_run(wildcards):
+    """The run of an experiment folder (runs/<run> or cv/<run>/fold<k>)."""
+    return wildcards.exp.split("/")[1]
+
+
+def exp_clips(wildcards):
+    """The split an experiment trains and tests on: the configured one, or a cross-validation fold's."""
+    if wildcards.exp.startswith("runs/"):
+        return CLIPS
+    return f"results/cv/folds/{wildcards.exp.split('/')[2]}.csv"
+
+
+def start_head(wildcards):
+    """The head fine-tuning starts from: the experiment's pretrained head, or with finetune.start_from the
+    fine-tuned head of that run on the same split or fold."""
+    start = run_settings(exp_run(wildcards))["finetune"]["start_from"]
+    if start is None:
+        return PRETRAINED.format(exp=wildcards.exp)
+    kind, run = wildcards.exp.split("/")[:2]  # runs/<run> or cv/<run>/fold<k>
+    return FINETUNED.format(
+        exp=wildcards.exp.replace(f"{kind}/{run}", f"{kind}/{start}", 1)
+    )
+
+
+def exp_section(name):
+    """A config section of the experiment's run, as a params function."""
+    return lambda wildcards: run_settings(exp_run(wildcards))[name]
+
+
+def is_lora(run):
+    return run_settings(run)["training"]["backbone"] == "lora"
+
+
 def check_start_from(run):
     """A run started from another's fine-tuned head: that run must exist and be a frozen one (a LoRA run's
     head fits its adapted features), the chain must end, the head settings must be equal (the head, its
@@ -189,7 +226,7 @@ def check_start_from(run):
                 f"{where}: finetune.start_from {start!r} is neither `run` nor one of the variants under "
                 f"`runs` ({', '.join(RUNS)})"
             )
-        if run_settings(start)["training"]["backbone"] == "lora":
+        if is_lora(start):
             raise WorkflowError(
                 f"{where}: finetune.start_from {start!r} is a LoRA run, whose head fits the features of its "
                 "adapters; start from a run with training.backbone: frozen"
@@ -216,45 +253,6 @@ def check_start_from(run):
 
 for name in RUNS:
     check_start_from(name)
-
-
-TUNE_JOURNAL = "results/tune/study.journal"  # Optuna's study: shared by the tune jobs, kept across runs
-TUNE_SETTINGS = {k: run_settings(RUN)[k] for k in ("head", "finetune")}
-
-
-def exp_run(wildcards):
-    """The run of an experiment folder (runs/<run> or cv/<run>/fold<k>)."""
-    return wildcards.exp.split("/")[1]
-
-
-def exp_clips(wildcards):
-    """The split an experiment trains and tests on: the configured one, or a cross-validation fold's."""
-    if wildcards.exp.startswith("runs/"):
-        return CLIPS
-    return f"results/cv/folds/{wildcards.exp.split('/')[2]}.csv"
-
-
-def start_head(wildcards):
-    """The head fine-tuning starts from: the experiment's pretrained head, or with finetune.start_from the
-    fine-tuned head of that run on the same split or fold."""
-    start = run_settings(exp_run(wildcards))["finetune"]["start_from"]
-    if start is None:
-        return f"results/{wildcards.exp}/pretrain/head.pt"
-    kind, _, *fold = wildcards.exp.split("/")  # runs/<run> or cv/<run>/fold<k>
-    return (
-        f"results/{kind}/{start}/{fold[0]}/finetune/best.pt"
-        if fold
-        else f"results/{kind}/{start}/finetune/best.pt"
-    )
-
-
-def exp_section(name):
-    """A config section of the experiment's run, as a params function."""
-    return lambda wildcards: run_settings(exp_run(wildcards))[name]
-
-
-def is_lora(run):
-    return run_settings(run)["training"]["backbone"] == "lora"
 
 
 # the runs whose folds get a selection score (cv.select): it fine-tunes fresh heads on cached features, so
