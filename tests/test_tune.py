@@ -57,6 +57,7 @@ SETTINGS = {
         "patience": 5,
         "linear_init": True,
         "seed": 0,
+        "start_from": None,
     },
 }
 SPACE = {
@@ -83,6 +84,7 @@ def test_space_names_settings_of_the_head_or_finetuning():
     check_space(SPACE, SETTINGS)
     for bad, match in (
         ({"head.depht": {"low": 1, "high": 2}}, "head.depht"),
+        ({"finetune.start_from": {"choices": ["main"]}}, "finetune.start_from"),
         ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "below high"),
         ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "log scale"),
         ({}, "empty"),

@@ -33,6 +33,8 @@ from clipva.training import finetune, head_config, new_head, pretrain
 
 log = logging.getLogger(__name__)
 SECTIONS = ("head", "finetune")
+# every trial fine-tunes a fresh head, so a trained head to start from would be ignored
+FIXED = ("finetune.start_from",)
 FINISHED = ("COMPLETE", "PRUNED")
 START = "start"  # user attribute of the trial of the run's own settings
 
@@ -50,8 +52,8 @@ def check_space(space: dict, settings: dict) -> None:
         raise ClipvaError("tune.space is empty: name at least one head.* or finetune.* setting to search")
     for name, dist in space.items():
         section, _, key = name.partition(".")
-        if section not in SECTIONS or key not in settings.get(section, {}):
-            known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in settings.get(s, {}))
+        if section not in SECTIONS or key not in settings.get(section, {}) or name in FIXED:
+            known = ", ".join(f"{s}.{k}" for s in SECTIONS for k in settings.get(s, {}) if f"{s}.{k}" not in FIXED)
             raise ClipvaError(f"tune.space: {name!r} is not a setting that tuning can change (one of {known})")
         if "choices" not in dist and not dist["low"] < dist["high"]:
             raise ClipvaError(f"tune.space.{name}: low ({dist['low']}) must be below high ({dist['high']})")
