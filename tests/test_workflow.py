@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import h5py
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, copy_built, run_snakemake
+from conftest import REPO, SNAKEMAKE, copy_built, run_snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +177,16 @@ def test_a_start_from_that_cannot_work_is_rejected_naming_it(tmp_path, runs, nam
     assert proc.returncode != 0
     for words in named:
         assert words in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("name", ["heldout.yaml", "demo-large.yaml", "heldout-large.yaml"])
+def test_the_shipped_demo_settings_plan_their_own_demo(tmp_path, name):
+    """The generator settings docs/results.md reports on: valid, and a run in its own folder plans the whole
+    job from a demo of its own."""
+    cmd = [SNAKEMAKE, "-n", "--cores", "4", "--configfile", str(REPO / "configs" / name), "-d", str(tmp_path)]
+    proc = subprocess.run([*cmd, "-s", str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"demo", "extract_features", "finetune", "evaluate", "submission"} <= _planned(proc)
 
 
 def test_bad_input_stops_with_the_file_named_and_no_output(tmp_path):
