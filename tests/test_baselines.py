@@ -12,6 +12,8 @@ from clipva.baselines import (
     ridge_baselines,
     ridge_solutions,
 )
+from clipva.evaluation import baselines
+from clipva.metrics import clip_components
 from clipva.store import ClipFeatures
 
 
@@ -118,3 +120,22 @@ def test_large_training_sets_are_fitted_from_streamed_pieces_with_the_same_resul
         assert np.allclose(p0.fits[alpha][0], p1.fits[alpha][0], atol=1e-5), alpha
     assert torch.allclose(h0.linear.weight, h1.linear.weight, atol=1e-5)
     assert s0["alpha"] == s1["alpha"] and s0["val_mean_ccc"] == pytest.approx(s1["val_mean_ccc"], abs=1e-6)
+
+
+def test_the_probes_are_scored_within_clips_and_on_clip_levels_over_labeled_frames():
+    train, val, test = _clips(20, 0), _clips(6, 1), _clips(6, 2)
+    out = baselines(train, val, test)
+    fitted = ridge_baselines(train, val, test)
+    for name in ("ridge_probe", "smoothed_ridge_probe"):
+        pred = fitted[name]["test_predictions"]
+        kept = [c.labeled for c in test]  # frame 3 of every clip has no label
+        expected = clip_components(
+            np.concatenate([p[k] for p, k in zip(pred, kept, strict=True)]),
+            np.concatenate([c.labels[c.labeled] for c in test]) / 10,
+            np.concatenate([[c.clip_id] * int(c.labeled.sum()) for c in test]),
+        )
+        for part in ("within_clip", "clip_level"):
+            assert out[name][part]["mean_ccc"] == pytest.approx(expected[part]["mean_ccc"])
+            assert np.isfinite(out[name][part]["mean_ccc"])
+    # smoothing serves the movement inside clips: the smoothed probe follows it better than the raw one
+    assert out["smoothed_ridge_probe"]["within_clip"]["mean_ccc"] > out["ridge_probe"]["within_clip"]["mean_ccc"]

@@ -27,7 +27,11 @@ def _metrics(pred: pd.DataFrame) -> dict:
     m = metrics_on_test_split(pred)
     m["baselines"] = {
         "ridge_probe": {"test": {"mean_ccc": 0.1}},
-        "smoothed_ridge_probe": {"test": {"mean_ccc": 0.2}},
+        "smoothed_ridge_probe": {
+            "test": {"mean_ccc": 0.2},
+            "within_clip": {"mean_ccc": 0.3},
+            "clip_level": {"mean_ccc": 0.05},
+        },
         "constant": {"mean_ccc": 0.0},
     }
     return m
@@ -55,8 +59,18 @@ def test_cv_summary_is_mean_and_std_over_folds_and_pools_all_folds():
     moved = table[(table["view"] == "smoothness") & (table["dimension"] == "valence")].iloc[0]
     ratios = [metrics[("a", k)]["smoothness"]["valence"]["ratio"] for k in range(3)]
     assert moved["metric"] == "change_ratio" and moved["mean"] == pytest.approx(np.mean(ratios))
-    # every metric of both views, both dimensions and the mean CCC; 3 baselines; 2 smoothness ratios
-    assert len(table) == 2 * (2 * 4 + 1) + 3 + 2
+    within = table[(table["view"] == "within_clip") & (table["dimension"] == "arousal")].iloc[0]
+    assert within["metric"] == "ccc"
+    assert [within[f"fold{k}"] for k in range(3)] == pytest.approx(
+        [metrics[("a", k)]["within_clip"]["arousal"]["ccc"] for k in range(3)]
+    )
+    assert within["all_folds"] == pytest.approx(everything["within_clip"]["arousal"]["ccc"])
+    probe = table[(table["view"] == "smoothed_ridge_probe")].set_index("metric")
+    assert probe.loc["within_clip_mean_ccc", "mean"] == pytest.approx(0.3)
+    assert probe.loc["clip_level_mean_ccc", "mean"] == pytest.approx(0.05)
+    # every metric of both views, both dimensions and the mean CCC; the CCC within clips and of clip levels
+    # (both dimensions and the mean); 3 baselines and the smoothed probe's 2 parts; 2 smoothness ratios
+    assert len(table) == 2 * (2 * 4 + 1) + 2 * 3 + 3 + 2 + 2
 
 
 def test_cv_summary_adds_the_criteria_runs_are_chosen_on():
@@ -66,7 +80,7 @@ def test_cv_summary_adds_the_criteria_runs_are_chosen_on():
     table = cv_summary(metrics, preds, scores).set_index("view")
     assert table.loc["validation", ["fold0", "fold1"]].tolist() == pytest.approx([0.4, 0.2])
     assert table.loc["selection", "mean"] == pytest.approx(0.2) and np.isnan(table.loc["selection", "all_folds"])
-    assert table.loc["selection", "metric"] == "mean_ccc" and len(table) == 2 * (2 * 4 + 1) + 3 + 2 + 2
+    assert table.loc["selection", "metric"] == "mean_ccc" and len(table) == 2 * (2 * 4 + 1) + 2 * 3 + 3 + 2 + 2 + 2
     # a second run gets its paired difference from the first, fold by fold, for each criterion both have
     preds |= {("b", k): preds[("a", k)] for k in range(2)}
     metrics |= {("b", k): metrics[("a", k)] for k in range(2)}
@@ -98,6 +112,10 @@ def test_compare_runs_has_a_row_per_run():
         "change_ratio_valence",
         "change_ratio_arousal",
     } <= set(table.columns)
+    assert table.loc[1, "within_clip_mean_ccc"] == metrics["other"]["within_clip"]["mean_ccc"]
+    assert table.loc[1, "clip_level_mean_ccc"] == metrics["other"]["clip_level"]["mean_ccc"]
+    assert table.loc[0, "smoothed_ridge_probe_within_clip_mean_ccc"] == pytest.approx(0.3)
+    assert table.loc[0, "smoothed_ridge_probe_clip_level_mean_ccc"] == pytest.approx(0.05)
 
 
 # cv.runs: [] is `run`; its folds scored for selection too

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import audmetric
@@ -7,6 +8,7 @@ import pytest
 from clipva.metrics import (
     DIMENSIONS,
     ccc,
+    clip_components,
     evaluate_predictions,
     pcc,
     per_clip_metrics,
@@ -132,6 +134,50 @@ def test_evaluate_predictions():
     assert r["pooled"] == va_metrics(p, t) and r["per_clip"] == per_clip_metrics(p, t, ids)
     clips = [va_metrics(p[ids == c], t[ids == c])["valence"]["ccc"] for c in range(3)]
     assert r["per_clip"]["valence"]["ccc"] == pytest.approx(np.mean(clips))
+    parts = clip_components(p, t, ids)
+    assert r["within_clip"] == parts["within_clip"] and r["clip_level"] == parts["clip_level"]
+
+
+def _levels_and_movement(n_clips=6, n=12):
+    """Labels (N, 2) of clips at distinct levels that move inside each clip; the clip of each row."""
+    ids = np.repeat(np.arange(n_clips), n)
+    levels = rng.uniform(-0.6, 0.6, (n_clips, 2))
+    return levels[ids] + rng.normal(0, 0.2, (n_clips * n, 2)), ids
+
+
+def test_clip_components_tell_movement_inside_clips_from_clip_levels():
+    t, ids = _levels_and_movement()
+    means = np.stack([t[ids == c].mean(0) for c in range(6)])
+    # the right movement at the wrong levels (the clips' means mirrored about their mean): perfect within clips
+    moved = clip_components(t - 2 * (means - means.mean(0))[ids], t, ids)
+    for dim in DIMENSIONS:
+        assert moved["within_clip"][dim]["ccc"] == pytest.approx(1.0)
+        assert moved["clip_level"][dim]["ccc"] == pytest.approx(-1.0)
+    # each clip's mean label on every frame: the right levels, no movement
+    flat = clip_components(means[ids], t, ids)
+    for dim in DIMENSIONS:
+        assert flat["within_clip"][dim]["ccc"] == pytest.approx(0.0, abs=1e-9)
+        assert flat["clip_level"][dim]["ccc"] == pytest.approx(1.0)
+    assert flat["clip_level"]["mean_ccc"] == pytest.approx(1.0)
+    # written out: pooled CCC of the deviations from each clip's mean; CCC of the clips' means
+    p = t + rng.normal(0, 0.3, t.shape)
+    parts = clip_components(p, t, ids)
+    pm = np.stack([p[ids == c].mean(0) for c in range(6)])
+    for k, dim in enumerate(DIMENSIONS):
+        assert parts["within_clip"][dim]["ccc"] == pytest.approx(np_ccc(p[:, k] - pm[ids, k], t[:, k] - means[ids, k]))
+        assert parts["clip_level"][dim]["ccc"] == pytest.approx(np_ccc(pm[:, k], means[:, k]))
+    assert parts["within_clip"]["mean_ccc"] == pytest.approx(
+        np.mean([parts["within_clip"][d]["ccc"] for d in DIMENSIONS])
+    )
+    # rows need not be grouped by clip; each clip weighs the same at clip level, whatever its length
+    order = rng.permutation(len(t))
+    shuffled = clip_components(p[order], t[order], ids[order])
+    longer = np.concatenate([np.flatnonzero(ids == c) for c in range(6)] + [np.flatnonzero(ids == 0)] * 3)
+    again = clip_components(p[longer], t[longer], ids[longer])  # clip 0 four times as long, the same means
+    for k, dim in itertools.product(("within_clip", "clip_level"), DIMENSIONS):
+        assert shuffled[k][dim]["ccc"] == pytest.approx(parts[k][dim]["ccc"])
+    for dim in DIMENSIONS:
+        assert again["clip_level"][dim]["ccc"] == pytest.approx(parts["clip_level"][dim]["ccc"])
 
 
 @pytest.mark.parametrize("fn", [rmse, pcc, ccc, sagr])

@@ -48,6 +48,8 @@ def test_main_job_produces_submission_metrics_and_plots(finished):
     assert {"constant", "ridge_probe", "smoothed_ridge_probe"} <= set(metrics["baselines"])
     smoothed = metrics["baselines"]["smoothed_ridge_probe"]
     assert smoothed["window"] >= 1 and smoothed["val_mean_ccc"] >= metrics["baselines"]["ridge_probe"]["val_mean_ccc"]
+    for part in ("within_clip", "clip_level"):  # movement inside clips, and the clips' levels, for both
+        assert -1 <= metrics[part]["mean_ccc"] <= 1 and -1 <= smoothed[part]["mean_ccc"] <= 1
     for dim in ("valence", "arousal"):  # how much predictions and labels move from frame to frame
         moved = metrics["smoothness"][dim]
         assert moved["predictions"] > 0 and moved["labels"] >= 0

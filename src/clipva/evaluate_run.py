@@ -64,9 +64,11 @@ def evaluate_files(
     write_text(out["metrics"], json.dumps(metrics, indent=1))
     found = metrics["baselines"]
     log.info(
-        "test mean CCC %.3f (ridge probe %.3f, smoothed %.3f, constant %.3f)",
+        "test mean CCC %.3f (ridge probe %.3f, smoothed %.3f, constant %.3f); within clips %.3f (smoothed probe %.3f)",
         metrics["pooled"]["mean_ccc"],
         found["ridge_probe"]["test"]["mean_ccc"],
         found["smoothed_ridge_probe"]["test"]["mean_ccc"],
         found["constant"]["mean_ccc"],
+        metrics["within_clip"]["mean_ccc"],
+        found["smoothed_ridge_probe"]["within_clip"]["mean_ccc"],
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from clipva.baselines import constant_baseline, mean_abs_change, ridge_baselines
-from clipva.metrics import DIMENSIONS, evaluate_predictions
+from clipva.metrics import DIMENSIONS, clip_components, evaluate_predictions
 from clipva.sequences import VA_SCALE
 from clipva.store import ClipFeatures
 
@@ -14,8 +14,8 @@ PRED, TRUE = ["valence_pred", "arousal_pred"], ["valence", "arousal"]
 
 
 def metrics_on_test_split(predictions: pd.DataFrame) -> dict:
-    """Metrics over the labeled frames of the test split: pooled over frames (as ABAW) and averaged per clip;
-    and the smoothness of the predictions over all its frames."""
+    """Metrics over the labeled frames of the test split: pooled over frames (as ABAW), averaged per clip, within
+    clips and of the clips' levels; and the smoothness of the predictions over all its frames."""
     split = predictions[predictions["split"] == "test"].sort_values(["clip_id", "frame"])
     test = split[split["valence"].notna()]
     pred = test[PRED].to_numpy() / VA_SCALE
@@ -42,14 +42,17 @@ def smoothness(pred: np.ndarray, true: np.ndarray, clip_ids: np.ndarray, frames:
 
 def baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[ClipFeatures]) -> dict:
     """The constant, the ridge probe and the smoothed ridge probe on the frozen features, each with its test
-    metrics (every setting chosen on `val`) and, for the probes, their predictions' smoothness."""
+    metrics (every setting chosen on `val`) and, for the probes, their CCC within clips and of the clips'
+    levels (`clip_components`) and their predictions' smoothness."""
     out = {"constant": constant_baseline(train, test)}
     ids = np.concatenate([[c.clip_id] * len(c.frame_index) for c in test])
     frames = np.concatenate([c.frame_index for c in test])  # each clip's frames are stored in order
     true = np.concatenate([c.labels for c in test]).astype(float) / VA_SCALE
+    labeled = ~np.isnan(true[:, 0])
     for name, probe in ridge_baselines(train, val, test).items():
         pred = np.concatenate(probe.pop("test_predictions"))
-        out[name] = {**probe, "smoothness": smoothness(pred, true, ids, frames)}
+        parts = clip_components(pred[labeled], true[labeled], ids[labeled])
+        out[name] = {**probe, **parts, "smoothness": smoothness(pred, true, ids, frames)}
     return out
 
 

@@ -23,6 +23,7 @@ from clipva.plots import save_figure
 log = logging.getLogger(__name__)
 
 VIEWS = ("pooled", "per_clip")
+PARTS = ("within_clip", "clip_level")  # clipva.metrics.clip_components: the CCC inside clips and of their levels
 
 
 def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
@@ -33,10 +34,17 @@ def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
             for metric in METRICS:
                 out[(view, dim, metric)] = metrics[view][dim][metric]
         out[(view, "mean", "mean_ccc")] = metrics[view]["mean_ccc"]
+    for part in PARTS:
+        if part in metrics:
+            out.update({(part, dim, "ccc"): metrics[part][dim]["ccc"] for dim in DIMENSIONS})
+            out[(part, "mean", "mean_ccc")] = metrics[part]["mean_ccc"]
     baselines = metrics.get("baselines", {})
     for probe in ("ridge_probe", "smoothed_ridge_probe"):
         if probe in baselines:
             out[(probe, "mean", "mean_ccc")] = baselines[probe]["test"]["mean_ccc"]
+            for part in PARTS:
+                if part in baselines[probe]:
+                    out[(probe, "mean", f"{part}_mean_ccc")] = baselines[probe][part]["mean_ccc"]
     for dim, moved in metrics.get("smoothness", {}).items():
         out[("smoothness", dim, "change_ratio")] = moved["ratio"]
     if "constant" in baselines:
@@ -75,7 +83,7 @@ def cv_summary(
             raise ValueError(f"cv_summary: run {run}: a clip is in the test split of two folds")
         overall = _flat({**metrics_on_test_split(together)})
         for key in per_fold[0]:
-            values = np.array([f[key] for f in per_fold], dtype=float)
+            values = np.array([f.get(key, np.nan) for f in per_fold], dtype=float)
             rows.append(
                 {
                     "run": run,
@@ -92,7 +100,8 @@ def cv_summary(
 
 
 def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
-    """One row per run: its test metrics (pooled over frames, and the per-clip mean CCC) and baselines."""
+    """One row per run: its test metrics (pooled over frames, the per-clip mean CCC, the mean CCC within clips
+    and of their levels) and baselines."""
     rows = []
     for run, m in metrics.items():
         row = {"run": run, "backbone": m.get("backbone", ""), "mean_ccc": m["pooled"]["mean_ccc"]}
@@ -102,6 +111,10 @@ def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
         row["per_clip_mean_ccc"] = m["per_clip"]["mean_ccc"]
         row["ridge_probe_mean_ccc"] = m["baselines"]["ridge_probe"]["test"]["mean_ccc"]
         row["smoothed_ridge_probe_mean_ccc"] = m["baselines"]["smoothed_ridge_probe"]["test"]["mean_ccc"]
+        for part in PARTS:
+            row[f"{part}_mean_ccc"] = m.get(part, {}).get("mean_ccc", float("nan"))
+            smoothed = m["baselines"]["smoothed_ridge_probe"].get(part, {})
+            row[f"smoothed_ridge_probe_{part}_mean_ccc"] = smoothed.get("mean_ccc", float("nan"))
         for dim in DIMENSIONS:
             row[f"change_ratio_{dim}"] = m["smoothness"][dim]["ratio"]
         row["constant_mean_ccc"] = m["baselines"]["constant"]["mean_ccc"]

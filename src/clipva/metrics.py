@@ -97,6 +97,15 @@ def _nanmean(v: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _clip_rows(clip_ids, n: int) -> list[np.ndarray]:
+    """The row numbers of each clip, in the order of the sorted clip ids."""
+    ids = np.asarray(clip_ids)
+    if ids.shape != (n,):
+        raise ValueError(f"clip_ids must have shape ({n},), got {ids.shape}")
+    _, inv = np.unique(ids, return_inverse=True)
+    return np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+
+
 def per_clip_metrics(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
     """Metrics computed per clip, then averaged over clips (each clip weighs the same).
 
@@ -105,11 +114,7 @@ def per_clip_metrics(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
     no contributing clip is NaN. ``mean_ccc`` is the mean of the two per-clip-averaged CCCs.
     """
     p, t = _check_va(pred, true)
-    ids = np.asarray(clip_ids)
-    if ids.shape != (p.shape[0],):
-        raise ValueError(f"clip_ids must have shape ({p.shape[0]},), got {ids.shape}")
-    _, inv = np.unique(ids, return_inverse=True)
-    clips = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    clips = _clip_rows(clip_ids, len(p))
     per = [va_metrics(p[i], t[i]) for i in clips]
     out = {}
     for d in DIMENSIONS:
@@ -121,12 +126,38 @@ def per_clip_metrics(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
     return out
 
 
+def clip_components(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
+    """The CCC of two parts of the predictions, per dimension and their mean (``mean_ccc``):
+
+    - ``within_clip``: pooled over frames, predictions and labels each minus their clip's mean: how the
+      predictions follow the labels' movement inside a clip, whatever level they give the clip;
+    - ``clip_level``: over clips, each clip's mean prediction against its mean label (each clip weighs the
+      same): how well the clips' levels are told apart.
+
+    A clip of one frame adds nothing within clips; with a single clip the clip-level CCC is 0, or NaN where
+    its means agree (as `ccc`'s single frame)."""
+    p, t = _check_va(pred, true)
+    clips = _clip_rows(clip_ids, len(p))
+    dp, dt = np.empty_like(p), np.empty_like(t)
+    lp, lt = np.empty((len(clips), p.shape[1])), np.empty((len(clips), t.shape[1]))
+    for j, rows in enumerate(clips):
+        lp[j], lt[j] = p[rows].mean(0), t[rows].mean(0)
+        dp[rows], dt[rows] = p[rows] - lp[j], t[rows] - lt[j]
+    out = {}
+    for name, (a, b) in {"within_clip": (dp, dt), "clip_level": (lp, lt)}.items():
+        out[name] = {d: {"ccc": ccc(a[:, k], b[:, k])} for k, d in enumerate(DIMENSIONS)}
+        out[name]["mean_ccc"] = float(np.mean([out[name][d]["ccc"] for d in DIMENSIONS]))
+    return out
+
+
 def evaluate_predictions(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
-    """Pooled (frame-level) and per-clip metrics of (N, 2) valence/arousal predictions."""
+    """Pooled (frame-level) and per-clip metrics of (N, 2) valence/arousal predictions, and the CCC within
+    clips and of their levels (`clip_components`)."""
     per_clip = per_clip_metrics(pred, true, clip_ids)
     return {
         "pooled": va_metrics(pred, true),
         "per_clip": per_clip,
+        **clip_components(pred, true, clip_ids),
         "n_frames": int(np.shape(pred)[0]),
         "n_clips": per_clip["n_clips"],
     }
