@@ -180,6 +180,24 @@ def test_clip_components_tell_movement_inside_clips_from_clip_levels():
         assert again["clip_level"][dim]["ccc"] == pytest.approx(parts["clip_level"][dim]["ccc"])
 
 
+def test_clip_components_of_clips_that_stand_still():
+    t, ids = _levels_and_movement()
+    means = np.stack([t[ids == c].mean(0) for c in range(6)])
+    # predictions constant inside every clip: exactly 0 within clips, as a constant prediction's CCC
+    flat = clip_components(means[ids] + 0.1, t, ids)
+    assert [flat["within_clip"][d]["ccc"] for d in DIMENSIONS] == [0.0, 0.0]
+    # neither side moves inside any clip: nothing to score within clips (0/0), the levels still count
+    still = clip_components(means[ids] + 0.1, means[ids], ids)
+    assert all(math.isnan(still["within_clip"][d]["ccc"]) for d in DIMENSIONS)
+    shifted = 2 * means.var(0) / (2 * means.var(0) + 0.1**2)  # CCC of levels off by 0.1 (population variances)
+    assert [still["clip_level"][d]["ccc"] for d in DIMENSIONS] == pytest.approx(shifted)
+    # one-frame clips add nothing within clips; one clip alone has no spread of levels to tell apart
+    single = np.arange(len(t)) + 100
+    assert math.isnan(clip_components(t, t, single)["within_clip"]["mean_ccc"])
+    one = clip_components(t + 0.1, t, np.zeros(len(t)))
+    assert one["clip_level"]["mean_ccc"] == 0.0 and one["within_clip"]["mean_ccc"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("fn", [rmse, pcc, ccc, sagr])
 def test_bad_input(fn):
     with pytest.raises(ValueError, match="differ in length"):

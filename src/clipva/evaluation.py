@@ -48,7 +48,7 @@ def baselines(train: list[ClipFeatures], val: list[ClipFeatures], test: list[Cli
     ids = np.concatenate([[c.clip_id] * len(c.frame_index) for c in test])
     frames = np.concatenate([c.frame_index for c in test])  # each clip's frames are stored in order
     true = np.concatenate([c.labels for c in test]).astype(float) / VA_SCALE
-    labeled = ~np.isnan(true[:, 0])
+    labeled = np.concatenate([c.labeled for c in test])
     for name, probe in ridge_baselines(train, val, test).items():
         pred = np.concatenate(probe.pop("test_predictions"))
         parts = clip_components(pred[labeled], true[labeled], ids[labeled])

@@ -35,9 +35,8 @@ def _flat(metrics: dict) -> dict[tuple[str, str, str], float]:
                 out[(view, dim, metric)] = metrics[view][dim][metric]
         out[(view, "mean", "mean_ccc")] = metrics[view]["mean_ccc"]
     for part in PARTS:
-        if part in metrics:
-            out.update({(part, dim, "ccc"): metrics[part][dim]["ccc"] for dim in DIMENSIONS})
-            out[(part, "mean", "mean_ccc")] = metrics[part]["mean_ccc"]
+        out.update({(part, dim, "ccc"): metrics[part][dim]["ccc"] for dim in DIMENSIONS})
+        out[(part, "mean", "mean_ccc")] = metrics[part]["mean_ccc"]
     baselines = metrics.get("baselines", {})
     for probe in ("ridge_probe", "smoothed_ridge_probe"):
         if probe in baselines:
@@ -83,7 +82,7 @@ def cv_summary(
             raise ValueError(f"cv_summary: run {run}: a clip is in the test split of two folds")
         overall = _flat({**metrics_on_test_split(together)})
         for key in per_fold[0]:
-            values = np.array([f.get(key, np.nan) for f in per_fold], dtype=float)
+            values = np.array([f[key] for f in per_fold], dtype=float)
             rows.append(
                 {
                     "run": run,
@@ -112,9 +111,8 @@ def compare_runs(metrics: dict[str, dict]) -> pd.DataFrame:
         row["ridge_probe_mean_ccc"] = m["baselines"]["ridge_probe"]["test"]["mean_ccc"]
         row["smoothed_ridge_probe_mean_ccc"] = m["baselines"]["smoothed_ridge_probe"]["test"]["mean_ccc"]
         for part in PARTS:
-            row[f"{part}_mean_ccc"] = m.get(part, {}).get("mean_ccc", float("nan"))
-            smoothed = m["baselines"]["smoothed_ridge_probe"].get(part, {})
-            row[f"smoothed_ridge_probe_{part}_mean_ccc"] = smoothed.get("mean_ccc", float("nan"))
+            row[f"{part}_mean_ccc"] = m[part]["mean_ccc"]
+            row[f"smoothed_ridge_probe_{part}_mean_ccc"] = m["baselines"]["smoothed_ridge_probe"][part]["mean_ccc"]
         for dim in DIMENSIONS:
             row[f"change_ratio_{dim}"] = m["smoothness"][dim]["ratio"]
         row["constant_mean_ccc"] = m["baselines"]["constant"]["mean_ccc"]

@@ -134,15 +134,18 @@ def clip_components(pred: np.ndarray, true: np.ndarray, clip_ids) -> dict:
     - ``clip_level``: over clips, each clip's mean prediction against its mean label (each clip weighs the
       same): how well the clips' levels are told apart.
 
-    A clip of one frame adds nothing within clips; with a single clip the clip-level CCC is 0, or NaN where
-    its means agree (as `ccc`'s single frame)."""
+    A clip of one frame adds nothing within clips; where neither side moves inside any clip the within-clip
+    CCC is NaN, and 0 where only the predictions stand still; with a single clip the clip-level CCC is 0, or
+    NaN where its means agree (as `ccc`'s single frame)."""
     p, t = _check_va(pred, true)
     clips = _clip_rows(clip_ids, len(p))
     dp, dt = np.empty_like(p), np.empty_like(t)
     lp, lt = np.empty((len(clips), p.shape[1])), np.empty((len(clips), t.shape[1]))
     for j, rows in enumerate(clips):
         lp[j], lt[j] = p[rows].mean(0), t[rows].mean(0)
-        dp[rows], dt[rows] = p[rows] - lp[j], t[rows] - lt[j]
+        # a side constant within the clip moves by exactly 0 there (rounding in the mean would fake a movement)
+        dp[rows] = np.where(np.ptp(p[rows], axis=0) == 0, 0.0, p[rows] - lp[j])
+        dt[rows] = np.where(np.ptp(t[rows], axis=0) == 0, 0.0, t[rows] - lt[j])
     out = {}
     for name, (a, b) in {"within_clip": (dp, dt), "clip_level": (lp, lt)}.items():
         out[name] = {d: {"ccc": ccc(a[:, k], b[:, k])} for k, d in enumerate(DIMENSIONS)}
