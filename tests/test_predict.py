@@ -1,6 +1,7 @@
 """Valence/arousal curves for your own videos: `snakemake predict`, the `clipva predict` command, and
 annotated videos as training data. End to end on videos made from the tiny demo's frames."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import yaml
 from conftest import BIN, run_snakemake
 from PIL import Image
 
+import clipva.predict
 from clipva.afew import read_frames
 from clipva.checkpoints import load_head
 from clipva.encoder import load_clip_from
@@ -254,6 +256,24 @@ def test_a_shared_model_folder_predicts_as_the_run_s_own_checkpoint(trained, tmp
     card = (shared / "README.md").read_text()
     metrics = json.loads((workdir / "results/runs/main/eval/metrics.json").read_text())
     assert f"test_mean_ccc: {metrics['pooled']['mean_ccc']:.4f}" in card and "the clipva demo" in card
+
+
+def test_a_model_on_centred_features_takes_each_video_as_its_own_actor(trained, monkeypatch):
+    """With head.centre: actor a video's features lose their mean over the frames with a face: a shift of every
+    frame's features (how a person looks, not how they feel) leaves its curves as they were."""
+    workdir, videos, counts = trained
+    model = _checkpoint(workdir)
+    video = videos / f"clip {next(iter(counts))}.mp4"
+    plain = predict_video(video, model)
+    model.head.cfg = dataclasses.replace(model.head.cfg, centre="actor")
+    centred = predict_video(video, model)
+    encode = clipva.predict._encode
+    shift = np.random.default_rng(0).normal(0, 0.5, model.head.cfg.in_dim).astype(np.float32)
+    monkeypatch.setattr(clipva.predict, "_encode", lambda m, crops: encode(m, crops) + shift)
+    pd.testing.assert_frame_equal(predict_video(video, model), centred, check_exact=False, rtol=0, atol=1e-4)
+    model.head.cfg = dataclasses.replace(model.head.cfg, centre="none")  # without centring the shift shows
+    moved = predict_video(video, model)[["valence", "arousal"]].to_numpy()
+    assert np.abs(moved - plain[["valence", "arousal"]].to_numpy()).max() > 0.1
 
 
 def test_the_default_kernel_readout_predicts_videos_from_its_folder_and_in_any_batches(trained, tmp_path):

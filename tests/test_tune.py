@@ -44,6 +44,7 @@ SETTINGS = {
         "embed_dim": 8,
         "window": 8,
         "stride": 4,
+        "centre": "none",
     },
     "finetune": {
         "epochs": 2,
@@ -85,6 +86,7 @@ def test_space_names_settings_of_the_head_or_finetuning():
     for bad, match in (
         ({"head.depht": {"low": 1, "high": 2}}, "head.depht"),
         ({"finetune.start_from": {"choices": ["main"]}}, "finetune.start_from"),
+        ({"head.centre": {"choices": ["none", "actor"]}}, "head.centre"),
         ({"finetune.lr": {"low": 0.1, "high": 0.01}}, "below high"),
         ({"finetune.lr": {"low": 0.0, "high": 0.01, "log": True}}, "log scale"),
         ({}, "empty"),

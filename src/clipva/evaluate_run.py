@@ -28,10 +28,11 @@ def evaluate_run(
 
     `backbone` is the run's backbone settings ({"backbone": "frozen"} or, for LoRA, with its lora, clip and
     face_crop sections). A LoRA run's clips are encoded again through its adapted image tower (`frames`,
-    `adapter`); the baselines always fit the store's frozen features, as a competitor's would.
+    `adapter`); the baselines always fit the store's frozen features, as a competitor's would, centred as the
+    head's are (`head.centre`).
     """
-    data = load_splits(features, clips, ("train", "val", "test", "unlabeled"))
     head, ckpt = load_head(head_path)
+    data = load_splits(features, clips, ("train", "val", "test", "unlabeled"), head.cfg.centre)
     predicted = data
     tower = backbone_of(backbone, frames, adapter, trainable=False)
     if tower is not None:

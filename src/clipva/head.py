@@ -32,6 +32,7 @@ class HeadConfig:
     readout: str = "linear"  # per-frame readout: linear | kernel (linear plus a Gaussian kernel correction)
     kernel_centres: int = 1024  # training frames the kernel correction is expanded on
     kernel_share: float = 0.25  # share of the features' principal directions (the leading ones) the kernel sees
+    centre: str = "none"  # the features it reads: as stored (none) or minus their actor's mean feature (actor)
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
@@ -70,6 +71,8 @@ class TemporalHead(nn.Module):
             raise ValueError(f"head kernel_centres {cfg.kernel_centres} is not in 1..{MAX_KERNEL_CENTRES}")
         if not 0 < cfg.kernel_share <= 1:
             raise ValueError(f"head kernel_share {cfg.kernel_share} is not in (0, 1]")
+        if cfg.centre not in CENTRES:
+            raise ValueError(f"head centre {cfg.centre!r} is not one of {', '.join(CENTRES)}")
         self.layers = nn.ModuleList(_encoder_layer(cfg, i) for i in range(cfg.depth if cfg.type != "none" else 0))
         # log of the smoothing's standard deviation in frames, per output; set by fine-tuning's start
         self.log_sigma = nn.Parameter(torch.zeros(2), requires_grad=cfg.smoothing)
@@ -193,6 +196,7 @@ def _all_directions_if_unsaved(module, state, prefix, *_) -> None:
 
 
 HEAD_TYPES = ("transformer", "conv", "gru", "none")
+CENTRES = ("none", "actor")  # HeadConfig.centre; clipva.sequences.load_splits does the centring
 MAX_KERNEL_CENTRES = 16384  # the expansion is a (centres x centres) matrix: 16k is 1 GB in float32
 
 

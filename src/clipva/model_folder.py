@@ -124,6 +124,13 @@ def _card(doc: dict) -> str:
             "crops around the detected face, whose box does not: on video its curves differ from what it scored",
             "above. A model meant for videos is trained with `face_crop.method: detector`.",
         ]
+    if doc["head"].get("centre", "none") == "actor":
+        lines += [
+            "",
+            "Trained on actor-centred features (`head.centre: actor`): each actor's mean feature taken off. In",
+            "prediction each video is its own actor, so a video's overall level is not predicted, only how the",
+            "values move within it around the training data's mean.",
+        ]
     return "\n".join(lines) + "\n"
 
 

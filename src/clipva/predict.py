@@ -166,6 +166,9 @@ def predict_video_and_boxes(
     x = np.concatenate(features)
     if len(x) != len(times):
         raise BadInputError(f"{path}: decoded {len(x)} frames on the second pass, {len(times)} on the first")
+    if model.head.cfg.centre == "actor":  # the model's card says so: the video is its own actor
+        x = x - x[found].mean(0)
+        log.info("%s: features minus the video's mean (head.centre: actor): its level is not predicted", path)
     pred = predict_clip(model.head, x, model.window) * VA_SCALE
     table[["valence", "arousal"]] = pred
     if no_face == "empty":

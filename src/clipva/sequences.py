@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -18,8 +19,11 @@ VA_SCALE = 10.0  # annotations are integers in -10..10; the model works in -1..1
 WINDOWS_PER_FORWARD = 256
 
 
-def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dict[str, list[ClipFeatures]]:
-    """The clips of each requested split, read from the feature store."""
+def load_splits(
+    store_path: str, clips_csv: str, splits: tuple[str, ...], centre: str = "none"
+) -> dict[str, list[ClipFeatures]]:
+    """The clips of each requested split, read from the feature store; with ``centre="actor"`` (a head's
+    `centre`) each clip's features minus its actor's mean feature (`actor_means`)."""
     clips = read_clips(clips_csv)
     with FeatureStore(store_path) as store:
         missing = set(clips["clip_id"]) - set(store.clip_ids)
@@ -31,7 +35,30 @@ def load_splits(store_path: str, clips_csv: str, splits: tuple[str, ...]) -> dic
         if left_out:
             log.warning("%d clips left out at extraction (see its report): %s", len(left_out), sorted(left_out))
         clips = clips[~clips["clip_id"].isin(left_out)]
-        return {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
+        out = {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
+        if centre == "none":
+            return out
+        if centre != "actor":
+            raise ValueError(f"centre {centre!r} is not one of none, actor")
+        means, actor = actor_means(store, clips), dict(zip(clips["clip_id"], clips["actor"], strict=True))
+        return {s: [centred(c, means[actor[c.clip_id]]) for c in found] for s, found in out.items()}
+
+
+def actor_means(store: FeatureStore, clips: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each actor's mean feature over every frame of its clips in `clips`, whatever their split and whether
+    labeled or not: no label is read, and every job of an experiment (any split, any fold of the same data)
+    subtracts the same mean. Accumulated in float64, one clip at a time."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for clip_id, actor in zip(clips["clip_id"], clips["actor"], strict=True):
+        x = store.load(clip_id).features
+        sums[actor] = sums.get(actor, 0) + x.sum(0, dtype=np.float64)
+        counts[actor] = counts.get(actor, 0) + len(x)
+    return {a: (sums[a] / counts[a]).astype(np.float32) for a in sums}
+
+
+def centred(clip: ClipFeatures, mean: np.ndarray) -> ClipFeatures:
+    return dataclasses.replace(clip, features=np.asarray(clip.features, dtype=np.float32) - mean)
 
 
 def sample_windows(clips: list[ClipFeatures], length: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:

@@ -539,7 +539,7 @@ def pretrain_files(
     """The pretraining step on files. `settings`: the run's ``head`` and ``pretrain`` sections and its backbone
     settings (see `backbone_of`); `state`: where each epoch's resume state goes; `out`: the paths of the
     ``head``, the ``adapter`` folder and the ``history``. A killed job resumes after its last epoch."""
-    train = load_splits(features, clips, ("train",))["train"]
+    train = load_splits(features, clips, ("train",), settings["head"].get("centre", "none"))["train"]
     config, window = head_config(settings["head"], train[0].features.shape[1])
     backbone = backbone_of(settings["backbone"], frames)
     sections = [settings[k] for k in ("head", "pretrain", "backbone")]
@@ -568,8 +568,8 @@ def finetune_files(
     run's fine-tuned one, and the ridge start is skipped. `settings`: the ``finetune`` section and the backbone
     settings; `out`: the paths of the ``head``, the ``adapter`` folder and the ``history``. With
     ``lora.merge``, CLIP with the adapters merged is written into the adapter folder too."""
-    data = load_splits(features, clips, ("train", "val"))
     head, ckpt = load_head(head_path)
+    data = load_splits(features, clips, ("train", "val"), head.cfg.centre)
     cfg, run = settings["finetune"], settings["backbone"]
     if cfg.get("start_from"):  # a fine-tuned head: a ridge start would throw away what it learned
         cfg = {**cfg, "linear_init": False}

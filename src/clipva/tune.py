@@ -33,8 +33,9 @@ from clipva.training import finetune, head_config, new_head, pretrain
 
 log = logging.getLogger(__name__)
 SECTIONS = ("head", "finetune")
-# every trial fine-tunes a fresh head, so a trained head to start from would be ignored
-FIXED = ("finetune.start_from",)
+# every trial fine-tunes a fresh head, so a trained head to start from would be ignored; the features every
+# trial reads are loaded once, so their centring is the run's (compare runs with and without it by `cv`)
+FIXED = ("finetune.start_from", "head.centre")
 FINISHED = ("COMPLETE", "PRUNED")
 START = "start"  # user attribute of the trial of the run's own settings
 
@@ -140,7 +141,7 @@ def selection_files(features: str, clips: str, text: str, settings: dict, folds:
     head's best validation mean CCC; the test split is never read. A run with pretraining (``pretrain.epochs``
     above 0) pretrains in each fold on that fold's training clips (prompts' embeddings `text`), so that no
     label of a fold's validation clips reaches its head. Written to `out` as JSON with each fold's score."""
-    data = load_splits(features, clips, ("train", "val"))
+    data = load_splits(features, clips, ("train", "val"), settings["head"].get("centre", "none"))
     loaded = {c.clip_id: c for c in data["train"] + data["val"]}
     masks = tuning_folds(read_clips(clips), folds)
     pretraining = settings["pretrain"]["epochs"] > 0
@@ -340,7 +341,7 @@ def worker_files(features: str, clips: str, tune: dict, settings: dict, journal:
     """One search job on files: the training and validation clips of `clips` from the store `features`, trials
     added to the study in `journal` (`search`) with a sampler seeded by ``tune.seed`` and the `worker` number;
     `out` records which study it searched."""
-    data = load_splits(features, clips, ("train", "val"))
+    data = load_splits(features, clips, ("train", "val"), settings["head"].get("centre", "none"))
     loaded = {c.clip_id: c for c in data["train"] + data["val"]}
     table = read_clips(clips)
     key = search_key(tune, settings, features, clips)

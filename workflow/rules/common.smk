@@ -251,8 +251,22 @@ def check_start_from(run):
         seen.append(start)
 
 
+def check_centre(run):
+    """Centred features (head.centre: actor) are the store's frozen features minus each actor's mean; a LoRA
+    run computes its features through its adapters at every step, and no such mean exists for them.
+    """
+    if is_lora(run) and run_settings(run)["head"]["centre"] != "none":
+        where = f"config runs.{run}" if run in config["runs"] else "config"
+        raise WorkflowError(
+            f"{where}: head.centre: {run_settings(run)['head']['centre']} centres the cached frozen features, "
+            "but this run trains LoRA adapters (training.backbone: lora); set head.centre: none, or use it "
+            "with training.backbone: frozen"
+        )
+
+
 for name in RUNS:
     check_start_from(name)
+    check_centre(name)
 
 
 # the runs whose folds get a selection score (cv.select): it fine-tunes fresh heads on cached features, so
