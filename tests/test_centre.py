@@ -10,10 +10,14 @@ import pytest
 import torch
 from conftest import copy_built, run_snakemake
 
+from clipva import tune
 from clipva.checkpoints import load_head
+from clipva.errors import ConfigError
 from clipva.evaluation import baselines
+from clipva.feature_sources import backbone_of
 from clipva.sequences import load_splits
 from clipva.store import ClipFeatures, write_features
+from clipva.training import validation_ccc
 
 SPLITS = ("train", "val", "test", "unlabeled")
 
@@ -56,6 +60,38 @@ def test_each_clip_loses_its_actor_s_mean_over_every_frame_of_every_clip(tmp_pat
         load_splits(store, csv, ("train",), centre="video")
 
 
+def test_actors_of_a_single_clip_are_warned_of(tmp_path, caplog):
+    store, csv, table = _store(tmp_path, np.random.default_rng(1))
+    table.assign(actor=table["clip_id"]).to_csv(csv, index=False)  # every clip its own actor
+    with caplog.at_level("WARNING"):
+        load_splits(store, csv, ("train",), centre="actor")
+    assert "8 of 8 actors have a single clip: their clips lose their own level" in caplog.text
+
+
+def test_the_search_and_the_selection_score_read_the_run_s_centring(tmp_path, monkeypatch):
+    asked = []
+
+    def loading(features, clips, splits, centre="none"):
+        asked.append(centre)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tune, "load_splits", loading)
+    settings = {"head": {"centre": "actor"}, "finetune": {}, "pretrain": {"epochs": 0}}
+    for call in (
+        lambda: tune.selection_files("f.h5", "clips.csv", "text.npz", settings, 2, str(tmp_path / "s.json")),
+        lambda: tune.worker_files("f.h5", "clips.csv", {}, settings, str(tmp_path / "j.log"), 0, str(tmp_path / "w")),
+    ):
+        with pytest.raises(RuntimeError, match="stop here"):
+            call()
+    assert asked == ["actor", "actor"]
+
+
+def test_a_lora_backbone_refuses_centred_features():
+    with pytest.raises(ConfigError, match="head.centre: actor centres the cached frozen features"):
+        backbone_of({"backbone": "lora"}, None, centre="actor")
+    assert backbone_of({"backbone": "frozen"}, None, centre="actor") is None  # the store's features, centred
+
+
 @pytest.mark.e2e
 def test_a_centred_run_trains_evaluates_and_is_measured_on_the_same_centred_features(built, tmp_path):
     copy_built(built, tmp_path)
@@ -65,9 +101,16 @@ def test_a_centred_run_trains_evaluates_and_is_measured_on_the_same_centred_feat
     assert head.cfg.centre == "actor"
     store, clips = tmp_path / "results/features/features.h5", tmp_path / "results/index/clips.csv"
     data = load_splits(str(store), str(clips), ("train", "val", "test"), centre="actor")
-    # the head whitens with the statistics of the centred training frames it was trained on
+    # the head whitens with the statistics of the centred training frames it was pretrained on, and fine-tuning
+    # kept the epoch of the best validation score on the centred validation clips: the saved head scores it again
     mean = np.concatenate([c.features for c in data["train"]]).mean(0)
     assert torch.allclose(head.feature_mean, torch.from_numpy(mean), atol=1e-4)
+    history = json.loads((tmp_path / "results/runs/centred/finetune/history.json").read_text())
+    window = load_head(tmp_path / "results/runs/centred/finetune/best.pt")[1]["window"]
+    again = validation_ccc(head, data["val"], window)["mean"]
+    assert again == pytest.approx(history["best"]["val_mean_ccc"], abs=1e-5)
+    raw = load_splits(str(store), str(clips), ("val",))["val"]
+    assert validation_ccc(head, raw, window)["mean"] != pytest.approx(again, abs=1e-3)
     # its baselines are fitted on the same centred features, so they differ from the main run's
     ours = json.loads((tmp_path / "results/runs/centred/eval/metrics.json").read_text())["baselines"]
     main = json.loads((tmp_path / "results/runs/main/eval/metrics.json").read_text())["baselines"]

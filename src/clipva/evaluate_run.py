@@ -34,7 +34,7 @@ def evaluate_run(
     head, ckpt = load_head(head_path)
     data = load_splits(features, clips, ("train", "val", "test", "unlabeled"), head.cfg.centre)
     predicted = data
-    tower = backbone_of(backbone, frames, adapter, trainable=False)
+    tower = backbone_of(backbone, frames, adapter, trainable=False, centre=head.cfg.centre)
     if tower is not None:
         tower.train(False)
         predicted = {}

@@ -215,10 +215,18 @@ def lora_backbone(
 
 
 def backbone_of(
-    settings: dict, frames_csv: str | None, adapter_dir: str | None = None, trainable: bool = True
+    settings: dict,
+    frames_csv: str | None,
+    adapter_dir: str | None = None,
+    trainable: bool = True,
+    centre: str = "none",
 ) -> AdaptedFrames | None:
     """The backbone a run's settings name ({"backbone": "frozen"}, or "lora" with the clip, lora and face_crop
-    sections): None for the store's cached features, else `lora_backbone` over `frames_csv`."""
+    sections): None for the store's cached features, else `lora_backbone` over `frames_csv`. A head's
+    `centre` other than none is refused with LoRA: it centres the store's frozen features, and a LoRA run's
+    come through its adapters."""
     if settings["backbone"] != "lora":
         return None
+    if centre != "none":
+        raise ConfigError(f"head.centre: {centre} centres the cached frozen features; a LoRA run cannot use it")
     return lora_backbone(settings["clip"], settings["lora"], settings["face_crop"], frames_csv, adapter_dir, trainable)

@@ -127,9 +127,10 @@ def _card(doc: dict) -> str:
     if doc["head"].get("centre", "none") == "actor":
         lines += [
             "",
-            "Trained on actor-centred features (`head.centre: actor`): each actor's mean feature taken off. In",
-            "prediction each video is its own actor, so a video's overall level is not predicted, only how the",
-            "values move within it around the training data's mean.",
+            "Trained on actor-centred features (`head.centre: actor`): each actor's mean feature taken off. The",
+            "test metrics above took off each test actor's mean over all its clips. In prediction each video is",
+            "its own actor, so a video's overall level is not predicted, only how the values move within it",
+            "around the training data's mean.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -40,8 +39,18 @@ def load_splits(
             return out
         if centre != "actor":
             raise ValueError(f"centre {centre!r} is not one of none, actor")
+        per_actor = clips.groupby("actor").size()
+        if per_actor.median() < 2:
+            log.warning(
+                "centre: actor, but %d of %d actors have a single clip: their clips lose their own level",
+                int((per_actor == 1).sum()),
+                len(per_actor),
+            )
         means, actor = actor_means(store, clips), dict(zip(clips["clip_id"], clips["actor"], strict=True))
-        return {s: [centred(c, means[actor[c.clip_id]]) for c in found] for s, found in out.items()}
+        for found in out.values():
+            for c in found:  # in place: the store's arrays are fresh copies, and a second set would double memory
+                c.features -= means[actor[c.clip_id]]
+        return out
 
 
 def actor_means(store: FeatureStore, clips: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -55,10 +64,6 @@ def actor_means(store: FeatureStore, clips: pd.DataFrame) -> dict[str, np.ndarra
         sums[actor] = sums.get(actor, 0) + x.sum(0, dtype=np.float64)
         counts[actor] = counts.get(actor, 0) + len(x)
     return {a: (sums[a] / counts[a]).astype(np.float32) for a in sums}
-
-
-def centred(clip: ClipFeatures, mean: np.ndarray) -> ClipFeatures:
-    return dataclasses.replace(clip, features=np.asarray(clip.features, dtype=np.float32) - mean)
 
 
 def sample_windows(clips: list[ClipFeatures], length: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:

@@ -541,7 +541,7 @@ def pretrain_files(
     ``head``, the ``adapter`` folder and the ``history``. A killed job resumes after its last epoch."""
     train = load_splits(features, clips, ("train",), settings["head"].get("centre", "none"))["train"]
     config, window = head_config(settings["head"], train[0].features.shape[1])
-    backbone = backbone_of(settings["backbone"], frames)
+    backbone = backbone_of(settings["backbone"], frames, centre=config.centre)
     sections = [settings[k] for k in ("head", "pretrain", "backbone")]
     resume = ResumeState(state, fingerprint(sections, _inputs(frames, features, clips, text)))
     embeddings = np.load(text)["embeddings"]
@@ -573,7 +573,7 @@ def finetune_files(
     cfg, run = settings["finetune"], settings["backbone"]
     if cfg.get("start_from"):  # a fine-tuned head: a ridge start would throw away what it learned
         cfg = {**cfg, "linear_init": False}
-    backbone = backbone_of(run, frames, adapter)
+    backbone = backbone_of(run, frames, adapter, centre=head.cfg.centre)
     resume = ResumeState(state, fingerprint([cfg, run], _inputs(frames, adapter, features, clips, head_path)))
     device = resolve_device()
     head, history, best = finetune(data["train"], data["val"], head, ckpt["window"], cfg, resume, device, backbone)
