@@ -191,6 +191,17 @@ def test_the_shipped_demo_settings_plan_their_own_demo(tmp_path, name):
     assert {"demo", "extract_features", "finetune", "evaluate", "submission"} <= _planned(proc)
 
 
+def test_the_example_variants_plan_their_comparison_and_cross_validation(tmp_path):
+    """configs/experiments.yaml, as the README runs it: every variant valid, compared and cross-validated."""
+    cmd = [SNAKEMAKE, "-n", "--cores", "4", "compare", "cv", "--configfile", str(REPO / "configs/experiments.yaml")]
+    proc = subprocess.run([*cmd, "-d", str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"compare_runs", "cv_summary", "finetune"} <= _planned(proc)
+    for run in yaml.safe_load((REPO / "configs/experiments.yaml").read_text())["runs"]:
+        assert f"results/runs/{run}/eval/metrics.json" in proc.stdout
+    assert "results/cv/centred/fold0/eval/metrics.json" in proc.stdout
+
+
 def test_bad_input_stops_with_the_file_named_and_no_output(tmp_path):
     data = tmp_path / "data"
     from clipva.demo import make_demo
