@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipva.head import TemporalHead
+from clipva.head import CENTRES, TemporalHead
 from clipva.splits import read_clips
 from clipva.store import ClipFeatures, FeatureStore
 from clipva.windows import Window, merge_windows, random_window, window_starts
@@ -37,8 +37,8 @@ def load_splits(
         out = {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
         if centre == "none":
             return out
-        if centre != "actor":
-            raise ValueError(f"centre {centre!r} is not one of none, actor")
+        if centre not in CENTRES:
+            raise ValueError(f"centre {centre!r} is not one of {', '.join(CENTRES)}")
         per_actor = clips.groupby("actor").size()
         if per_actor.median() < 2:
             log.warning(
@@ -46,21 +46,26 @@ def load_splits(
                 int((per_actor == 1).sum()),
                 len(per_actor),
             )
-        means, actor = actor_means(store, clips), dict(zip(clips["clip_id"], clips["actor"], strict=True))
+        loaded = {c.clip_id: c.features for found in out.values() for c in found}
+        means, actor = actor_means(store, clips, loaded), dict(zip(clips["clip_id"], clips["actor"], strict=True))
         for found in out.values():
             for c in found:  # in place: the store's arrays are fresh copies, and a second set would double memory
                 c.features -= means[actor[c.clip_id]]
         return out
 
 
-def actor_means(store: FeatureStore, clips: pd.DataFrame) -> dict[str, np.ndarray]:
+def actor_means(
+    store: FeatureStore, clips: pd.DataFrame, loaded: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Each actor's mean feature over every frame of its clips in `clips`, whatever their split and whether
     labeled or not: no label is read, and every job of an experiment (any split, any fold of the same data)
-    subtracts the same mean. Accumulated in float64, one clip at a time."""
+    subtracts the same mean. Accumulated in float64, one clip at a time; the features of `loaded` (clip id ->
+    features, as read from `store`) are used instead of reading those clips again."""
+    loaded = loaded or {}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for clip_id, actor in zip(clips["clip_id"], clips["actor"], strict=True):
-        x = store.load(clip_id).features
+        x = loaded[clip_id] if clip_id in loaded else store.load(clip_id).features
         sums[actor] = sums.get(actor, 0) + x.sum(0, dtype=np.float64)
         counts[actor] = counts.get(actor, 0) + len(x)
     return {a: (sums[a] / counts[a]).astype(np.float32) for a in sums}
