@@ -9,7 +9,9 @@ from clipva.baselines import (
     constant_baseline,
     mean_abs_change,
     moving_average,
+    raw_moments,
     ridge_baselines,
+    ridge_from_moments,
     ridge_solutions,
 )
 from clipva.evaluation import baselines
@@ -39,6 +41,20 @@ def test_ridge_solutions_solve_the_normal_equations():
     ols = np.linalg.lstsq(np.c_[z.numpy(), np.ones(200)], y.numpy(), rcond=None)[0]
     assert np.allclose(w0.numpy(), ols[:5], atol=1e-8) and np.allclose(b0.numpy(), ols[5], atol=1e-8)
     assert w1.norm() < w0.norm()  # shrunk
+
+
+def test_ridge_from_moments_of_pieces_left_out_is_the_fit_of_the_rest():
+    """The start's cross-validation fits each fold's complement as all moments minus the fold's."""
+    rng = np.random.default_rng(1)
+    z, y = torch.from_numpy(rng.normal(3.0, 2.0, size=(300, 6))), torch.from_numpy(rng.normal(size=(300, 2)))
+    pieces = [raw_moments(z[i : i + 100], y[i : i + 100]) for i in (0, 100, 200)]
+    total = [sum(parts) for parts in zip(*pieces, strict=True)]
+    rest = [t - p for t, p in zip(total, pieces[1], strict=True)]
+    keep = torch.cat([torch.arange(100), torch.arange(200, 300)])
+    for (w, b), (w_ref, b_ref) in zip(
+        ridge_from_moments(rest, (1e-4, 0.1)), ridge_solutions(z[keep], y[keep], (1e-4, 0.1)), strict=True
+    ):
+        assert torch.allclose(w, w_ref, atol=1e-9) and torch.allclose(b, b_ref, atol=1e-9)
 
 
 def test_moving_average_is_centred_and_shrinks_at_the_edges():

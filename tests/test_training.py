@@ -88,22 +88,29 @@ def test_pretraining_learns_and_finetuning_beats_the_ridge_probe(data):
     assert test["mean"] > 0.7 and test["mean"] > probe and abs(constant) < 1e-9  # 0.89 vs 0.84 when written
 
 
-@pytest.mark.parametrize(("readout", "lead"), [("kernel", 0.0), ("linear", 0.01)])
-def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data, readout, lead):
+@pytest.mark.parametrize(
+    ("readout", "folds", "lead"), [("kernel", 5, 0.03), ("linear", 5, 0.03), ("kernel", 0, 0.0), ("linear", 0, 0.01)]
+)
+def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data, readout, folds, lead):
     """The defaults' head (readout from the ridge fit, transformer correction, learned smoothing), with the
-    default kernel readout and with the linear one. These labels are linear in the features: the kernel has
-    nothing to bend, and a correction kept because it won on 6 validation clips costs part of the linear
-    readout's lead (test 0.90-0.91 against 0.94 over torch seeds 0-4, the probe 0.90), not the lead itself."""
+    default kernel readout and with the linear one, its start chosen by 5-fold CV over the training and
+    validation clips (the default) or on the validation split alone. These labels are linear in the features:
+    the kernel has nothing to bend. Chosen on 6 validation clips, a correction that won there by chance is
+    kept and costs part of the linear readout's lead (test 0.90-0.91 against 0.94 over torch seeds 0-4, the
+    probe 0.90); chosen by CV over all 30 clips, either readout scores 0.95 (seeds 0-2)."""
     cfg = HeadConfig(
         in_dim=16, d_model=32, depth=1, heads=2, embed_dim=16, input_dropout=0.3, whitening_eps=10.0, readout=readout
     )
     torch.manual_seed(0)  # torch's own seed differs in every process
     head = TemporalHead(cfg)
     head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in data["train"]])))
-    start = init_linear_from_ridge(head, data["train"], data["val"], WINDOW)
+    start = init_linear_from_ridge(head, data["train"], data["val"], WINDOW, folds=folds)
     assert start["sigma"] >= 1  # noisy frames of labels that move slowly: the start already smooths
     assert start["val_mean_ccc"] == validation_ccc(head, data["val"], WINDOW)["mean"]  # the same path
-    tuned, _, best = finetune(data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 15})
+    assert ("cv_folds" in start) == (folds > 0)
+    tuned, _, best = finetune(
+        data["train"], data["val"], head, WINDOW, {**FINETUNE, "epochs": 15, "start_folds": folds}
+    )
     assert best["val_mean_ccc"] >= start["val_mean_ccc"]
     test = data["test"]
     smoothed = ridge_baselines(data["train"], data["val"], test)["smoothed_ridge_probe"]
@@ -111,7 +118,51 @@ def test_default_head_beats_the_smoothed_probe_and_moves_like_the_labels(data, r
     assert validation_ccc(tuned, test, WINDOW)["mean"] > smoothed["test"]["mean_ccc"] + lead
     change = lambda v: np.nanmean(np.abs(np.diff(v, axis=0)))  # noqa: E731
     ratio = np.mean([change(p) for p in pred]) / np.mean([change(c.labels) / 10 for c in test])
-    assert 0.5 < ratio < 1.5, ratio
+    # No jitter (the head before issue #17 moved 3-10x as much as the labels). The labels' steps are a random
+    # walk that the noisy frames do not reveal, so the best CCC comes from curves smoother than the labels:
+    # the smoothed probe's move 0.64x as much, the head's 0.43-0.81x (smoothing of 1-2 frames).
+    assert 0.3 < ratio < 1.5, ratio
+
+
+def _with_actors(clips, actors):
+    for c, a in zip(clips, actors, strict=True):
+        c.actor = a
+    return clips
+
+
+def test_the_start_folds_keep_whole_actors_only_where_validation_has_unseen_actors():
+    train = _with_actors(_clips(12, 0), [f"a{k % 4}" for k in range(12)])
+    unseen = _with_actors(_clips(4, 1), ["a8", "a8", "a9", "a9"])
+    fold, k = training.start_folds(train, unseen, 5)
+    assert k == 5 and sorted(set(fold)) == list(range(5))  # 6 actors: every fold has one or two
+    actor = [c.actor for c in train + unseen]
+    assert all(len({f for f, a in zip(fold, actor, strict=True) if a == name}) == 1 for name in set(actor))
+    seen = _with_actors(_clips(4, 1), ["a0", "a1", "a8", "a9"])  # validation shares actors with training
+    fold, k = training.start_folds(train, seen, 5)
+    assert k == 5 and len({f for f, a in zip(fold, [c.actor for c in train + seen], strict=True) if a == "a0"}) > 1
+    assert training.start_folds(_clips(12, 0), _clips(4, 1), 5)[1] == 5  # actors unknown: whole clips
+    assert training.start_folds(train[:1], unseen[:1], 5)[1] == 2  # two actors: two folds
+    one = _with_actors(_clips(3, 0), ["a0"] * 3)
+    assert training.start_folds(one, _with_actors(_clips(1, 1), ["a0"]), 5)[1] == 4  # one actor: by clip
+    assert training.start_folds(one[:1], [], 5) is None  # a single clip: nothing to cross-validate
+
+
+def test_the_cv_start_scores_every_clip_by_fits_that_did_not_see_it():
+    """Labels that the features cannot predict, with more features than a clip's frames: fitted on all clips, a
+    weak ridge reproduces them (in-sample CCC near 1); scored on clips left out of the fit it cannot. A score
+    that had seen the clip it scores would choose that fit and report it as the start's."""
+    rng = np.random.default_rng(0)
+    clips = []
+    for k in range(20):
+        t = 8
+        x = rng.normal(size=(t, 64)).astype(np.float32)
+        va = rng.uniform(-10, 10, (t, 2)).astype(np.float32)
+        clips.append(ClipFeatures(f"n{k:02d}", x, np.arange(t), va[:, 0], va[:, 1]))
+    cfg = HeadConfig(in_dim=64, d_model=16, depth=1, heads=2, embed_dim=8, readout="kernel", kernel_centres=64)
+    head = TemporalHead(cfg)
+    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in clips[:15]])))
+    start = init_linear_from_ridge(head, clips[:15], clips[15:], WINDOW, folds=5)
+    assert start["cv_folds"] == 5 and start["cv_mean_ccc"] < 0.3, start
 
 
 def test_a_head_saved_before_smoothing_existed_loads_as_it_was(tmp_path):
@@ -287,7 +338,8 @@ def _bent_clips(n, seed, dim=8):
     return clips
 
 
-def test_the_kernel_readout_starts_from_kernel_ridge_and_fits_what_the_linear_one_cannot():
+@pytest.mark.parametrize("folds", [0, 5])  # chosen on validation, or by CV over training and validation clips
+def test_the_kernel_readout_starts_from_kernel_ridge_and_fits_what_the_linear_one_cannot(folds):
     train, val = _bent_clips(30, 0), _bent_clips(8, 1)
     starts = {}
     for readout in ("linear", "kernel"):  # isotropic features have no leading directions: the kernel sees all
@@ -296,7 +348,8 @@ def test_the_kernel_readout_starts_from_kernel_ridge_and_fits_what_the_linear_on
         )
         head = TemporalHead(cfg)
         head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in train])))
-        starts[readout] = init_linear_from_ridge(head, train, val, WINDOW)
+        starts[readout] = init_linear_from_ridge(head, train, val, WINDOW, folds=folds)
         # the head predicts exactly the chosen (smoothed) probe, through the same path as validation
         assert starts[readout]["val_mean_ccc"] == pytest.approx(validation_ccc(head, val, WINDOW)["mean"], abs=1e-6)
     assert starts["kernel"]["val_mean_ccc"] > starts["linear"]["val_mean_ccc"] + 0.2, starts
+    assert starts["kernel"]["kernel_gamma"] is not None

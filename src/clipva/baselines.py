@@ -101,6 +101,22 @@ def _piece(pending, transform):
     return transform(piece) if transform else piece
 
 
+def raw_moments(z: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """[n, sum z, sum y, z'z, z'y] of rows z (n, D), y (n, K) in float64: added up over pieces of a data set and
+    subtracted for a part left out, they give `ridge_from_moments` of any union of pieces in one pass."""
+    z, y = z.double(), y.double()
+    return [torch.tensor(float(len(z)), dtype=z.dtype, device=z.device), z.sum(0), y.sum(0), z.T @ z, z.T @ y]
+
+
+def ridge_from_moments(
+    moments: list[torch.Tensor], alphas: tuple[float, ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ridge_solutions of the rows whose `raw_moments` (summed) are given."""
+    n, sz, sy, zz, zy = moments
+    zm, ym = sz / n, sy / n
+    return _solve(zz - n * torch.outer(zm, zm), zy - n * torch.outer(zm, ym), zm, ym, n, alphas)
+
+
 def _solve(gram, rhs, zm, ym, n, alphas):
     eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     out = []

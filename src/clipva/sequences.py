@@ -35,6 +35,10 @@ def load_splits(
             log.warning("%d clips left out at extraction (see its report): %s", len(left_out), sorted(left_out))
         clips = clips[~clips["clip_id"].isin(left_out)]
         out = {s: store.load_many(clips.loc[clips["split"] == s, "clip_id"].tolist()) for s in splits}
+        actor = dict(zip(clips["clip_id"], clips["actor"], strict=True))
+        for found in out.values():
+            for c in found:
+                c.actor = actor[c.clip_id]
         if centre == "none":
             return out
         if centre not in CENTRES:
@@ -47,7 +51,7 @@ def load_splits(
                 len(per_actor),
             )
         loaded = {c.clip_id: c.features for found in out.values() for c in found}
-        means, actor = actor_means(store, clips, loaded), dict(zip(clips["clip_id"], clips["actor"], strict=True))
+        means = actor_means(store, clips, loaded)
         for found in out.values():
             for c in found:  # in place: the store's arrays are fresh copies, and a second set would double memory
                 c.features -= means[actor[c.clip_id]]

@@ -35,6 +35,7 @@ class ClipFeatures:
     frame_index: np.ndarray
     valence: np.ndarray
     arousal: np.ndarray
+    actor: str = ""  # from the split table (load_splits); "" where unknown
 
     @property
     def labels(self) -> np.ndarray:

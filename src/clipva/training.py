@@ -21,6 +21,8 @@ from clipva.atomic import write_text
 from clipva.baselines import (
     RIDGE_ALPHAS,
     STREAM_ABOVE,
+    raw_moments,
+    ridge_from_moments,
     ridge_solutions,
     row_chunks,
     streamed_moments,
@@ -36,7 +38,7 @@ from clipva.metrics import ccc
 from clipva.prompts import emotion_bins
 from clipva.sequences import VA_SCALE, clip_windows, load_splits, merge_predictions, predict_clip, sample_windows
 from clipva.store import ClipFeatures
-from clipva.windows import Window, random_window
+from clipva.windows import Window, random_window, window_starts
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -274,13 +276,17 @@ def init_linear_from_ridge(
     backbone=None,
     alphas: tuple[float, ...] = RIDGE_ALPHAS,
     sigmas: tuple[float, ...] = SMOOTHING_SIGMAS,
+    folds: int = 0,
 ) -> dict:
     """Start fine-tuning from the best linear probe: fit ridge regressions of the labels (atanh of them under a
     tanh output) on the whitened features of the labeled training frames, keep the one of the best validation
     mean CCC in the head's linear path, together with the smoothing width, and zero the encoder's output so
     the head predicts exactly that (smoothed) probe. With the kernel readout, then fit kernel ridge to that
     probe's training residuals for each kernel width and keep the correction (and smoothing) of the best
-    validation mean CCC, or none where none beats the linear probe."""
+    validation mean CCC, or none where none beats the linear probe.
+
+    With `folds` >= 2 these choices are made by cross-validation over the training and validation clips
+    together instead (`_choose_by_cv`), and the chosen fits are then made on the training clips as above."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(train)
@@ -288,9 +294,12 @@ def init_linear_from_ridge(
     ys = [c.labels / VA_SCALE for c in train]
     if head.cfg.output == "tanh":
         ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys]
-    solved = _ridge(head, xs, ys, keep, alphas, lambda z: z, head.cfg.in_dim)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
+    assignment = start_folds(train, val, folds) if folds >= 2 else None
+    if assignment is not None:
+        return _start_by_cv(head, train, val, window, backbone, xs, ys, keep, alphas, sigmas, assignment)
+    solved = _ridge(head, xs, ys, keep, alphas, lambda z: z, head.cfg.in_dim)
     # With the encoder's output at zero the head predicts finish(readout(whitened features)): the validation
     # windows are whitened once, and each candidate costs a linear map and a smoothing, not a forward pass.
     head.eval()
@@ -335,6 +344,153 @@ def init_linear_from_ridge(
 
 KERNEL_ALPHAS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # per frame: 1e-6 x 1,500 frames is kernel ridge's 1.5e-3
 KERNEL_SCALES = (0.25, 0.5, 1.0, 2.0)  # gamma x the median squared distance between centres
+
+
+def start_folds(train: list[ClipFeatures], val: list[ClipFeatures], folds: int) -> tuple[np.ndarray, int] | None:
+    """The fold of each clip of train + val for choosing the ridge start by cross-validation, and the number of
+    folds: whole actors when no validation actor is in training (the validation split asks for unseen actors,
+    so the choice is made for them), else whole clips; a seeded draw, so every run of the same split gets
+    the same folds. None when there are fewer than 2 groups."""
+    clips = train + val
+    by_actor = all(c.actor for c in clips) and not {c.actor for c in train} & {c.actor for c in val}
+    groups = [c.actor if by_actor else c.clip_id for c in clips]
+    names = sorted(set(groups))
+    k = min(folds, len(names))
+    if k < 2:
+        return None
+    order = np.random.default_rng(0).permutation(len(names))
+    fold_of = {names[i]: j % k for j, i in enumerate(order)}
+    return np.array([fold_of[g] for g in groups]), k
+
+
+def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep, alphas, sigmas, assignment) -> dict:
+    """init_linear_from_ridge's choices by K-fold cross-validation over the training and validation clips: the
+    penalty and smoothing of the linear path, then the kernel correction's width, penalty and smoothing (or
+    none), each by the pooled mean CCC of the predictions of every clip from the fits without its fold (the
+    smoothing over the whole clip); the chosen fits are then made on the training clips alone, as fine-tuning
+    trains on them. A validation split of a few clips (or actors) gives a noisy score, and choosing the best
+    of many candidates on it picks what fitted those clips by chance: every labeled clip votes here instead.
+    Each fit costs one pass over the data: the moments of each fold, minus those of the fold left out."""
+    fold, k = assignment
+    val_xs = [_array(f) for f in backbone.features_of(val)]
+    val_ys = [c.labels / VA_SCALE for c in val]
+    if head.cfg.output == "tanh":
+        val_ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in val_ys]
+    all_xs, all_ys, all_keep = xs + val_xs, ys + val_ys, keep + [c.labeled for c in val]
+    device = head.feature_mean.device
+    rows = [torch.from_numpy(k).to(device) for k in all_keep]
+    labels = [torch.from_numpy(np.asarray(y, dtype=np.float64)).to(device) for y in all_ys]
+    clips = train + val
+
+    def whitened(i: int) -> torch.Tensor:
+        return head.whiten(torch.from_numpy(all_xs[i]).to(device).float()).double()
+
+    def fold_moments(inputs) -> list:
+        """Per fold, the raw moments of its labeled frames: [n, sum u, sum y, u'u, u'y, sum z, u'z] of the
+        inputs u = inputs(z) of the whitened frames z and the targets y (z for a fit to another's residuals)."""
+        parts = [None] * k
+        for i in range(len(all_xs)):
+            if rows[i].any():
+                z = whitened(i)[rows[i]]
+                u = inputs(z)
+                m = raw_moments(u, labels[i][rows[i]]) + [z.sum(0), u.T @ z]
+                f = fold[i]
+                parts[f] = m if parts[f] is None else [a + b for a, b in zip(parts[f], m, strict=True)]
+        total = [sum(p) for p in zip(*[p for p in parts if p is not None], strict=True)]
+        return [total if p is None else [t - q for t, q in zip(total, p, strict=True)] for p in parts]
+
+    def without_fold(moments, alphas_, linear_fits=None) -> list:
+        """Per fold, the ridge fits of its complement (to the residuals of linear_fits[fold], when given)."""
+        fits = []
+        for f, (n, su, sy, uu, uy, sz, uz) in enumerate(moments):
+            if linear_fits is not None:  # the residuals y - (z w + b) of the fold's own linear fit
+                w, b = linear_fits[f]
+                sy, uy = sy - sz @ w - n * b, uy - uz @ w - torch.outer(su, b)
+            fits.append(ridge_from_moments([n, su, sy, uu, uy], alphas_))
+        return fits
+
+    def out_of_fold(inputs, fits, alphas_) -> dict:
+        """Per alpha, each clip's predictions (all its frames) from the fit without its fold."""
+        out = {a: [] for a in alphas_}
+        for i in range(len(all_xs)):
+            u = inputs(whitened(i))
+            for a, (w, b) in zip(alphas_, fits[fold[i]], strict=True):
+                out[a].append(u @ w + b)
+        return out
+
+    def scores_of(preds: list[torch.Tensor], smoothings) -> dict:
+        """Pooled mean CCC, per smoothing width, of per-frame outputs (before smoothing) of every clip, through
+        the head's own path: its windows, their smoothing and output, merged back into frames."""
+        windows = []
+        for p in preds:
+            starts = window_starts(len(p), window.length, window.stride)
+            batch = torch.stack([p[s : s + window.length] for s in starts]).float()
+            windows.append((len(p), starts, batch, torch.ones(batch.shape[:2], dtype=torch.bool, device=device)))
+        out = {}
+        for sigma in smoothings if head.cfg.smoothing else (1.0,):
+            head.log_sigma.fill_(math.log(sigma))
+            merged = [merge_predictions(n, starts, head.finish(batch, real)) for n, starts, batch, real in windows]
+            out[sigma] = pooled_ccc(clips, merged)["mean"]
+        return out
+
+    identity = lambda z: z  # noqa: E731
+    solved_linear = without_fold(fold_moments(identity), alphas)
+    linear = out_of_fold(identity, solved_linear, alphas)
+    scores = {(a, s): v for a in alphas for s, v in scores_of(linear[a], sigmas).items()}
+    alpha, sigma = max(scores, key=scores.get)
+    _set_linear(head.linear, *_ridge(head, xs, ys, keep, (alpha,), lambda z: z, head.cfg.in_dim)[0])
+    head.log_sigma.fill_(math.log(sigma))
+    start = {"alpha": alpha, "sigma": sigma, "cv_folds": k, "cv_mean_ccc": scores[(alpha, sigma)]}
+    log.info(
+        "finetune: linear path from ridge (alpha %g, smoothing %g frames), chosen by %d-fold CV over %d training "
+        "and validation clips: mean CCC %.3f",
+        alpha,
+        sigma,
+        k,
+        len(all_xs),
+        scores[(alpha, sigma)],
+    )
+    if head.kernel is not None:
+        fold_linear = [solutions[alphas.index(alpha)] for solutions in solved_linear]
+        kernel_scores = {(None, None, sigma): scores[(alpha, sigma)]}
+        centres, gammas = kernel_candidates(head, xs, keep)
+        expand = lambda z: head.kernel_features(z.float()).double()  # noqa: E731
+        for gamma in gammas:
+            head.set_kernel(centres, gamma)
+            fits = without_fold(fold_moments(expand), KERNEL_ALPHAS, fold_linear)
+            corrections = out_of_fold(expand, fits, KERNEL_ALPHAS)
+            for a in KERNEL_ALPHAS:
+                preds = [lin + cor for lin, cor in zip(linear[alpha], corrections[a], strict=True)]
+                kernel_scores.update({(gamma, a, s): v for s, v in scores_of(preds, sigmas).items()})
+        gamma, kernel_alpha, sigma = max(kernel_scores, key=kernel_scores.get)
+        linear_path = lambda z: head.linear(z.float()).double()  # noqa: E731
+        if gamma is None:
+            head.set_kernel(centres, gammas[len(gammas) // 2])
+            _set_linear(head.kernel, torch.zeros_like(head.kernel.weight.T), torch.zeros(2))
+        else:
+            head.set_kernel(centres, gamma)
+            width = head.cfg.kernel_centres
+            _set_linear(
+                head.kernel, *_ridge(head, xs, ys, keep, (kernel_alpha,), head.kernel_features, width, linear_path)[0]
+            )
+        head.log_sigma.fill_(math.log(sigma))
+        start.update(
+            {
+                "kernel_gamma": gamma,
+                "kernel_alpha": kernel_alpha,
+                "sigma": sigma,
+                "cv_mean_ccc": kernel_scores[(gamma, kernel_alpha, sigma)],
+            }
+        )
+        log.info(
+            "finetune: kernel correction %s, by CV: mean CCC %.3f",
+            "none (no width beat the linear probe)"
+            if gamma is None
+            else f"gamma {gamma:.3g}, alpha {kernel_alpha:g}, smoothing {sigma:g}",
+            start["cv_mean_ccc"],
+        )
+    start["val_mean_ccc"] = validation_ccc(head, val, window, backbone)["mean"]
+    return start
 
 
 def _init_kernel(head: TemporalHead, xs, ys, keep, val_windows, sigma: float, score, sigmas) -> dict:
@@ -433,7 +589,7 @@ def finetune(
     backbone = backbone or CachedFeatures()
     head = head.to(device)
     if cfg["linear_init"]:
-        init_linear_from_ridge(head, train, val, window, backbone)
+        init_linear_from_ridge(head, train, val, window, backbone, folds=cfg.get("start_folds", 0))
     optimizer = _optimizer(list(head.parameters()), backbone, cfg["lr"], cfg["weight_decay"])
     scaler = backbone.grad_scaler()
     length = window.length
