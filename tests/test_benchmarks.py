@@ -123,6 +123,25 @@ def test_crop_boxes_compares_the_four_ways_on_a_finished_run(built, tmp_path):
     assert re.search(r"^png_landmarks\s*:.* 1\.000 1\.000$", out, re.M), out
 
 
+@pytest.mark.e2e
+def test_many_splits_scores_the_head_and_the_probe_on_each_split_of_a_finished_run(built):
+    out = run("many_splits.py", str(built), "--random", "1", "--folds", "0", "--set", "finetune.epochs=2")
+    for split in ("configured", "random1"):
+        line = re.search(rf"^{split}\s+(\S+)\s+(\S+)\s+(\S+)  \(", out, re.M)
+        assert line, out
+        head, probe, lead = (float(v) for v in line.groups())
+        assert all(math.isfinite(v) for v in (head, probe, lead)) and abs(head - probe - lead) < 2e-3, out
+    assert re.search(r"^configured and random \(2\): head ", out, re.M), out
+    bad = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "many_splits.py"), str(built), "--set", "head.no_such=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "head.no_such=1: not a head.* or finetune.* setting" in bad.stderr
+
+
 def test_finetune_epoch_runs():
     out = run("finetune_epoch.py", "--clips", "10", "--epochs", "1", "--no-lora")
     assert figure(out, "cached epoch") > 0

@@ -181,7 +181,10 @@ def test_a_start_from_that_cannot_work_is_rejected_naming_it(tmp_path, runs, nam
         assert words in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("name", ["heldout.yaml", "demo-large.yaml", "heldout-large.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["heldout.yaml", "demo-large.yaml", "heldout-large.yaml", "demo-seed21.yaml", "levels.yaml", "movement.yaml"],
+)
 def test_the_shipped_demo_settings_plan_their_own_demo(tmp_path, name):
     """The generator settings docs/results.md reports on: valid, and a run in its own folder plans the whole
     job from a demo of its own."""

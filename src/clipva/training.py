@@ -21,6 +21,7 @@ from clipva.atomic import write_text
 from clipva.baselines import (
     RIDGE_ALPHAS,
     STREAM_ABOVE,
+    mean_abs_change,
     raw_moments,
     ridge_from_moments,
     ridge_solutions,
@@ -366,9 +367,9 @@ def start_folds(train: list[ClipFeatures], val: list[ClipFeatures], folds: int) 
 def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep, alphas, sigmas, assignment) -> dict:
     """init_linear_from_ridge's choices by K-fold cross-validation over the training and validation clips: the
     penalty and smoothing of the linear path, then the kernel correction's width, penalty and smoothing (or
-    none), each by the pooled mean CCC of the predictions of every clip from the fits without its fold (the
-    smoothing over the whole clip); the chosen fits are then made on the training clips alone, as fine-tuning
-    trains on them. A validation split of a few clips (or actors) gives a noisy score, and choosing the best
+    none), each by the pooled mean CCC of the predictions of every clip from the fits without its fold, through
+    the head's windows and smoothing, among the candidates whose predictions move no more than the labels
+    (`best`); the chosen fits are then made on the training clips alone, as fine-tuning trains on them. A validation split of a few clips (or actors) gives a noisy score, and choosing the best
     of many candidates on it picks what fitted those clips by chance: every labeled clip votes here instead.
     Each fit costs one pass over the data: the moments of each fold, minus those of the fold left out."""
     fold, k = assignment
@@ -381,6 +382,11 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     rows = [torch.from_numpy(k).to(device) for k in all_keep]
     labels = [torch.from_numpy(np.asarray(y, dtype=np.float64)).to(device) for y in all_ys]
     clips = train + val
+    clip_ids = np.concatenate([[i] * len(c.features) for i, c in enumerate(clips)])
+    frames = np.concatenate([c.frame_index for c in clips])
+    label_moves = [
+        max(m, 1e-12) for m in mean_abs_change(np.concatenate([c.labels for c in clips]) / VA_SCALE, clip_ids, frames)
+    ]
 
     def whitened(i: int) -> torch.Tensor:
         return head.whiten(torch.from_numpy(all_xs[i]).to(device).float()).double()
@@ -430,17 +436,30 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
         for sigma in smoothings if head.cfg.smoothing else (1.0,):
             head.log_sigma.fill_(math.log(sigma))
             merged = [merge_predictions(n, starts, head.finish(batch, real)) for n, starts, batch, real in windows]
-            out[sigma] = pooled_ccc(clips, merged)["mean"]
+            moved = mean_abs_change(np.concatenate(merged), clip_ids, frames)
+            out[sigma] = (
+                pooled_ccc(clips, merged)["mean"],
+                max(m / t for m, t in zip(moved, label_moves, strict=True)),
+            )
         return out
+
+    def best(scores: dict):
+        """The candidate of the best score among those whose predictions move no more than the labels from frame
+        to frame (jitter is movement that no label has; CCC hardly punishes it); the one that moves least where
+        none does (labels that hardly move)."""
+        calm = [key for key, (_, moved) in scores.items() if moved <= 1]
+        if calm:
+            return max(calm, key=lambda key: scores[key][0])
+        return min(scores, key=lambda key: scores[key][1])
 
     identity = lambda z: z  # noqa: E731
     solved_linear = without_fold(fold_moments(identity), alphas)
     linear = out_of_fold(identity, solved_linear, alphas)
     scores = {(a, s): v for a in alphas for s, v in scores_of(linear[a], sigmas).items()}
-    alpha, sigma = max(scores, key=scores.get)
+    alpha, sigma = best(scores)
     _set_linear(head.linear, *_ridge(head, xs, ys, keep, (alpha,), lambda z: z, head.cfg.in_dim)[0])
     head.log_sigma.fill_(math.log(sigma))
-    start = {"alpha": alpha, "sigma": sigma, "cv_folds": k, "cv_mean_ccc": scores[(alpha, sigma)]}
+    start = {"alpha": alpha, "sigma": sigma, "cv_folds": k, "cv_mean_ccc": scores[(alpha, sigma)][0]}
     log.info(
         "finetune: linear path from ridge (alpha %g, smoothing %g frames), chosen by %d-fold CV over %d training "
         "and validation clips: mean CCC %.3f",
@@ -448,7 +467,7 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
         sigma,
         k,
         len(all_xs),
-        scores[(alpha, sigma)],
+        scores[(alpha, sigma)][0],
     )
     if head.kernel is not None:
         fold_linear = [solutions[alphas.index(alpha)] for solutions in solved_linear]
@@ -462,7 +481,7 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
             for a in KERNEL_ALPHAS:
                 preds = [lin + cor for lin, cor in zip(linear[alpha], corrections[a], strict=True)]
                 kernel_scores.update({(gamma, a, s): v for s, v in scores_of(preds, sigmas).items()})
-        gamma, kernel_alpha, sigma = max(kernel_scores, key=kernel_scores.get)
+        gamma, kernel_alpha, sigma = best(kernel_scores)
         linear_path = lambda z: head.linear(z.float()).double()  # noqa: E731
         if gamma is None:
             head.set_kernel(centres, gammas[len(gammas) // 2])
@@ -479,7 +498,7 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
                 "kernel_gamma": gamma,
                 "kernel_alpha": kernel_alpha,
                 "sigma": sigma,
-                "cv_mean_ccc": kernel_scores[(gamma, kernel_alpha, sigma)],
+                "cv_mean_ccc": kernel_scores[(gamma, kernel_alpha, sigma)][0],
             }
         )
         log.info(
