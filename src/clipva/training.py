@@ -369,9 +369,10 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     penalty and smoothing of the linear path, then the kernel correction's width, penalty and smoothing (or
     none), each by the pooled mean CCC of the predictions of every clip from the fits without its fold, through
     the head's windows and smoothing, among the candidates whose predictions move no more than the labels
-    (`best`); the chosen fits are then made on the training clips alone, as fine-tuning trains on them. A validation split of a few clips (or actors) gives a noisy score, and choosing the best
-    of many candidates on it picks what fitted those clips by chance: every labeled clip votes here instead.
-    Each fit costs one pass over the data: the moments of each fold, minus those of the fold left out."""
+    (`best`); the chosen fits are then made on the training clips alone, as fine-tuning trains on them. A
+    validation split of a few clips (or actors) gives a noisy score, and choosing the best of many candidates
+    on it picks what fitted those clips by chance: every labeled clip votes here instead. Each fit costs one
+    pass over the data: the moments of each fold, minus those of the fold left out."""
     fold, k = assignment
     val_xs = [_array(f) for f in backbone.features_of(val)]
     val_ys = [c.labels / VA_SCALE for c in val]
