@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from statistics import median
 
 import pytest
 from conftest import REPO, copy_built, needs_detector, run_snakemake
@@ -70,16 +71,23 @@ def test_extraction_rounds_and_ratios(tmp_path):
         "--data",
         str(tmp_path / "afew-va"),
     )
-    assert len(re.findall(r"^round \d+: ", out, re.MULTILINE)) == 2, out
-    end_to_end, encoder = figure(out, "end to end"), figure(out, "encoder only")
-    naive, ceiling = figure(out, "naive loop"), figure(out, "ceiling")
+    rounds = [
+        {key: float(value) for key, value in (item.rsplit(" ", 1) for item in line.split(", "))}
+        for line in re.findall(r"^round \d+: (.*)$", out, re.MULTILINE)
+    ]
+    assert len(rounds) == 2, out
+    for label in ("end to end", "encoder only", "naive loop"):
+        figure(out, label)  # printed, finite and positive
+    ceiling = figure(out, "ceiling")
     assert figure(out, "encoder fp32") > 0  # bf16 run: the fp32 encoder is timed too
     ratios = [float(v) for v in re.findall(r"^ratio\s*:\s*([0-9.]+)", out, re.MULTILINE)]
     assert len(ratios) == 2, out
-    # medians of per-round ratios, close to the ratios of the medians (exact with one round)
-    assert ratios[0] == pytest.approx(end_to_end / encoder, rel=0.5)
-    assert ratios[1] == pytest.approx(end_to_end / naive, rel=0.5)
-    assert ceiling == pytest.approx(encoder / naive, rel=0.5)
+    # medians of the per-round ratios (the rounds' figures are printed to one decimal): not the ratios of the
+    # medians, which differ from them as much as the rounds differ, and a busy machine makes them differ
+    per_round = lambda a, b: median(r[a] / r[b] for r in rounds)  # noqa: E731
+    assert ratios[0] == pytest.approx(per_round("end_to_end", "encoder"), rel=0.05, abs=0.01)
+    assert ratios[1] == pytest.approx(per_round("end_to_end", "naive"), rel=0.05, abs=0.01)
+    assert ceiling == pytest.approx(per_round("encoder", "naive"), rel=0.05, abs=0.01)
     # bf16 against the naive loop's fp32: the stores differ, but only by rounding
     diff = float(re.search(r"max \|feature difference\| vs end to end ([0-9.e+-]+)", out).group(1))
     assert diff < 0.5
