@@ -147,6 +147,18 @@ def test_the_start_folds_keep_whole_actors_only_where_validation_has_unseen_acto
     assert training.start_folds(one[:1], [], 5) is None  # a single clip: nothing to cross-validate
 
 
+def test_the_cv_start_chooses_by_its_score_where_no_two_consecutive_frames_are_labeled():
+    """With every other frame labeled the labels' frame-to-frame change is unknown: the rule that candidates
+    move no more than the labels cannot apply, and the score alone chooses (noisy frames: it smooths)."""
+    clips = _clips(30, 0)
+    for c in clips:
+        c.valence[1::2] = c.arousal[1::2] = np.nan
+    head = _head()
+    head.set_feature_stats(torch.from_numpy(np.concatenate([c.features for c in clips[:24]])))
+    start = init_linear_from_ridge(head, clips[:24], clips[24:], WINDOW, folds=5)
+    assert start["sigma"] >= 1 and start["cv_mean_ccc"] > 0.7, start
+
+
 def test_the_cv_start_scores_every_clip_by_fits_that_did_not_see_it():
     """Labels that the features cannot predict, with more features than a clip's frames: fitted on all clips, a
     weak ridge reproduces them (in-sample CCC near 1); scored on clips left out of the fit it cannot. A score

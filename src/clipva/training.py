@@ -385,9 +385,13 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     clips = train + val
     clip_ids = np.concatenate([[i] * len(c.features) for i, c in enumerate(clips)])
     frames = np.concatenate([c.frame_index for c in clips])
-    label_moves = [
-        max(m, 1e-12) for m in mean_abs_change(np.concatenate([c.labels for c in clips]) / VA_SCALE, clip_ids, frames)
-    ]
+    label_moves = mean_abs_change(np.concatenate([c.labels for c in clips]) / VA_SCALE, clip_ids, frames)
+
+    def moved_over_labels(moved: list[float]) -> float:
+        """How much more than the labels predictions move (the larger of valence's and arousal's ratios); 0 where
+        no two consecutive frames are labeled, or the labels never change between them: no rule then."""
+        ratios = [m / t for m, t in zip(moved, label_moves, strict=True) if np.isfinite(t) and t > 0]
+        return max(ratios) if ratios else 0.0
 
     def whitened(i: int) -> torch.Tensor:
         return head.whiten(torch.from_numpy(all_xs[i]).to(device).float()).double()
@@ -438,16 +442,14 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
             head.log_sigma.fill_(math.log(sigma))
             merged = [merge_predictions(n, starts, head.finish(batch, real)) for n, starts, batch, real in windows]
             moved = mean_abs_change(np.concatenate(merged), clip_ids, frames)
-            out[sigma] = (
-                pooled_ccc(clips, merged)["mean"],
-                max(m / t for m, t in zip(moved, label_moves, strict=True)),
-            )
+            score = pooled_ccc(clips, merged)["mean"]
+            out[sigma] = (score if np.isfinite(score) else -np.inf, moved_over_labels(moved))
         return out
 
     def best(scores: dict):
         """The candidate of the best score among those whose predictions move no more than the labels from frame
         to frame (jitter is movement that no label has; CCC hardly punishes it); the one that moves least where
-        none does (labels that hardly move)."""
+        none does."""
         calm = [key for key, (_, moved) in scores.items() if moved <= 1]
         if calm:
             return max(calm, key=lambda key: scores[key][0])
