@@ -28,19 +28,19 @@ import yaml
 from common import as_the_workflow_runs, machine, repo_config
 
 from clipva.baselines import ridge_baselines
-from clipva.metrics import clip_components, va_metrics
+from clipva.metrics import evaluate_predictions
 from clipva.sequences import VA_SCALE, load_splits, predict_clip
 from clipva.splits import assign_splits, read_clips
 from clipva.training import finetune, head_config, new_head
 
 
 def scores(clips, preds) -> tuple[float, float, float]:
-    """Pooled test mean CCC, within clips and of clip levels, over the labeled frames."""
+    """Test mean CCC over the labeled frames as metrics.json has it: pooled, within clips, of clip levels."""
     pred = np.concatenate([p[c.labeled] for c, p in zip(clips, preds, strict=True)])
     true = np.concatenate([c.labels[c.labeled] for c in clips]) / VA_SCALE
     ids = np.concatenate([[c.clip_id] * int(c.labeled.sum()) for c in clips])
-    parts = clip_components(pred, true, ids)
-    return va_metrics(pred, true)["mean_ccc"], parts["within_clip"]["mean_ccc"], parts["clip_level"]["mean_ccc"]
+    m = evaluate_predictions(pred, true, ids)
+    return m["pooled"]["mean_ccc"], m["within_clip"]["mean_ccc"], m["clip_level"]["mean_ccc"]
 
 
 def settings_of(folder: Path, changes: list[str]) -> dict:
@@ -70,9 +70,14 @@ def main() -> None:
     run = settings_of(args.folder, args.set)
     if run["head"].get("centre", "none") != "none" or run["training"]["backbone"] != "frozen":
         sys.exit("many_splits.py: frozen features as stored only (head.centre: none, no LoRA)")
+    with tempfile.TemporaryDirectory(prefix="many_splits_") as tmp:
+        compare(args, results, run, Path(tmp))
+
+
+def compare(args: argparse.Namespace, results: Path, run: dict, tmp: Path) -> None:
+    """Fine-tune and fit on every split (the random ones' tables written into `tmp`), print the table."""
     clips = read_clips(results / "index" / "clips.csv")
     splits = {"configured": results / "index" / "clips.csv"}
-    tmp = Path(tempfile.mkdtemp(prefix="many_splits_"))
     for seed in range(1, args.random + 1):
         table = assign_splits(clips.drop(columns="split"), {**run["split"], "method": "random", "seed": seed})
         table.to_csv(tmp / f"random{seed}.csv", index=False)

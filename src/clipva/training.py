@@ -287,14 +287,11 @@ def init_linear_from_ridge(
     validation mean CCC, or none where none beats the linear probe.
 
     With `folds` >= 2 these choices are made by cross-validation over the training and validation clips
-    together instead (`_choose_by_cv`), and the chosen fits are then made on the training clips as above."""
+    together instead (`_start_by_cv`), and the chosen fits are then made on the training clips as above."""
     backbone = backbone or CachedFeatures()
     backbone.train(False)
     features = backbone.features_of(train)
-    xs, keep = [_array(f) for f in features], [c.labeled for c in train]
-    ys = [c.labels / VA_SCALE for c in train]
-    if head.cfg.output == "tanh":
-        ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys]
+    xs, keep, ys = [_array(f) for f in features], [c.labeled for c in train], _targets(head, train)
     nn.init.zeros_(head.va.weight)
     nn.init.zeros_(head.va.bias)
     assignment = start_folds(train, val, folds) if folds >= 2 else None
@@ -375,10 +372,7 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     pass over the data: the moments of each fold, minus those of the fold left out."""
     fold, k = assignment
     val_xs = [_array(f) for f in backbone.features_of(val)]
-    val_ys = [c.labels / VA_SCALE for c in val]
-    if head.cfg.output == "tanh":
-        val_ys = [np.arctanh(np.clip(y, -0.95, 0.95)) for y in val_ys]
-    all_xs, all_ys, all_keep = xs + val_xs, ys + val_ys, keep + [c.labeled for c in val]
+    all_xs, all_ys, all_keep = xs + val_xs, ys + _targets(head, val), keep + [c.labeled for c in val]
     device = head.feature_mean.device
     rows = [torch.from_numpy(k).to(device) for k in all_keep]
     labels = [torch.from_numpy(np.asarray(y, dtype=np.float64)).to(device) for y in all_ys]
@@ -396,15 +390,16 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     def whitened(i: int) -> torch.Tensor:
         return head.whiten(torch.from_numpy(all_xs[i]).to(device).float()).double()
 
-    def fold_moments(inputs) -> list:
-        """Per fold, the raw moments of its labeled frames: [n, sum u, sum y, u'u, u'y, sum z, u'z] of the
-        inputs u = inputs(z) of the whitened frames z and the targets y (z for a fit to another's residuals)."""
+    def fold_moments(inputs, cross: bool = False) -> list:
+        """Per fold, the raw moments of all folds but it, over their labeled frames: [n, sum u, sum y, u'u, u'y]
+        of the inputs u = inputs(z) of the whitened frames z and the targets y; with `cross`, also [sum z, u'z],
+        which a fit to the residuals of a linear fit in z needs."""
         parts = [None] * k
         for i in range(len(all_xs)):
             if rows[i].any():
                 z = whitened(i)[rows[i]]
                 u = inputs(z)
-                m = raw_moments(u, labels[i][rows[i]]) + [z.sum(0), u.T @ z]
+                m = raw_moments(u, labels[i][rows[i]]) + ([z.sum(0), u.T @ z] if cross else [])
                 f = fold[i]
                 parts[f] = m if parts[f] is None else [a + b for a, b in zip(parts[f], m, strict=True)]
         total = [sum(p) for p in zip(*[p for p in parts if p is not None], strict=True)]
@@ -413,9 +408,9 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
     def without_fold(moments, alphas_, linear_fits=None) -> list:
         """Per fold, the ridge fits of its complement (to the residuals of linear_fits[fold], when given)."""
         fits = []
-        for f, (n, su, sy, uu, uy, sz, uz) in enumerate(moments):
+        for f, (n, su, sy, uu, uy, *cross) in enumerate(moments):
             if linear_fits is not None:  # the residuals y - (z w + b) of the fold's own linear fit
-                w, b = linear_fits[f]
+                (sz, uz), (w, b) = cross, linear_fits[f]
                 sy, uy = sy - sz @ w - n * b, uy - uz @ w - torch.outer(su, b)
             fits.append(ridge_from_moments([n, su, sy, uu, uy], alphas_))
         return fits
@@ -479,7 +474,7 @@ def _start_by_cv(head: TemporalHead, train, val, window, backbone, xs, ys, keep,
         expand = lambda z: head.kernel_features(z.float()).double()  # noqa: E731
         for gamma in gammas:
             head.set_kernel(centres, gamma)
-            fits = without_fold(fold_moments(expand), KERNEL_ALPHAS, fold_linear)
+            fits = without_fold(fold_moments(expand, cross=True), KERNEL_ALPHAS, fold_linear)
             corrections = out_of_fold(expand, fits, KERNEL_ALPHAS)
             for a in KERNEL_ALPHAS:
                 preds = [lin + cor for lin, cor in zip(linear[alpha], corrections[a], strict=True)]
@@ -549,6 +544,12 @@ def _init_kernel(head: TemporalHead, xs, ys, keep, val_windows, sigma: float, sc
         scores[(gamma, alpha, sigma)],
     )
     return {"kernel_gamma": gamma, "kernel_alpha": alpha, "sigma": sigma, "val_mean_ccc": scores[(gamma, alpha, sigma)]}
+
+
+def _targets(head: TemporalHead, clips: list[ClipFeatures]) -> list[np.ndarray]:
+    """The ridge fits' targets of each clip: its labels on -1..1, atanh of them under a tanh output."""
+    ys = [c.labels / VA_SCALE for c in clips]
+    return [np.arctanh(np.clip(y, -0.95, 0.95)) for y in ys] if head.cfg.output == "tanh" else ys
 
 
 def _set_linear(layer: nn.Linear, w: torch.Tensor, b: torch.Tensor) -> None:
