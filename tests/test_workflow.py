@@ -205,6 +205,21 @@ def test_the_example_variants_plan_their_comparison_and_cross_validation(tmp_pat
     assert "results/cv/centred/fold0/eval/metrics.json" in proc.stdout
 
 
+def test_the_ablation_plans_every_row_with_its_selection_score(tmp_path):
+    """configs/ablation.yaml, the README's ablation command: every row valid, cross-validated on every fold with
+    its selection score, and its start chosen as the default chooses it (the table is of today's default)."""
+    ablation = yaml.safe_load((REPO / "configs/ablation.yaml").read_text())
+    assert "start_folds" not in ablation.get("finetune", {})
+    assert set(ablation["cv"]["runs"]) == set(ablation["runs"]) | {"main"} and ablation["cv"]["select"]
+    cmd = [SNAKEMAKE, "-n", "--cores", "2", "cv", "--configfile", str(REPO / "configs/ablation.yaml")]
+    proc = subprocess.run([*cmd, "-d", str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for run in ablation["cv"]["runs"]:
+        for fold in range(5):
+            assert f"results/cv/{run}/fold{fold}/eval/metrics.json" in proc.stdout
+            assert f"results/cv/{run}/fold{fold}/select.json" in proc.stdout
+
+
 def test_bad_input_stops_with_the_file_named_and_no_output(tmp_path):
     data = tmp_path / "data"
     from clipva.demo import make_demo
