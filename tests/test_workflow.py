@@ -25,6 +25,14 @@ def _planned(proc) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
 
 
+def _dry_run(tmp_path, configfile: str, *targets: str) -> subprocess.CompletedProcess:
+    """`snakemake -n` of a shipped config file in an empty folder of its own, as its README command runs it."""
+    cmd = [SNAKEMAKE, "-n", "--cores", "4", *targets, "--configfile", str(REPO / configfile), "-d", str(tmp_path)]
+    proc = subprocess.run([*cmd, "-s", str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def finished(built, tmp_path_factory):
     """The main job's workdir, this module's own copy (its tests add runs to it)."""
@@ -188,17 +196,13 @@ def test_a_start_from_that_cannot_work_is_rejected_naming_it(tmp_path, runs, nam
 def test_the_shipped_demo_settings_plan_their_own_demo(tmp_path, name):
     """The generator settings docs/results.md reports on: valid, and a run in its own folder plans the whole
     job from a demo of its own."""
-    cmd = [SNAKEMAKE, "-n", "--cores", "4", "--configfile", str(REPO / "configs" / name), "-d", str(tmp_path)]
-    proc = subprocess.run([*cmd, "-s", str(REPO / "Snakefile")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _dry_run(tmp_path, f"configs/{name}")
     assert {"demo", "extract_features", "finetune", "evaluate", "submission"} <= _planned(proc)
 
 
 def test_the_example_variants_plan_their_comparison_and_cross_validation(tmp_path):
     """configs/experiments.yaml, as the README runs it: every variant valid, compared and cross-validated."""
-    cmd = [SNAKEMAKE, "-n", "--cores", "4", "compare", "cv", "--configfile", str(REPO / "configs/experiments.yaml")]
-    proc = subprocess.run([*cmd, "-d", str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _dry_run(tmp_path, "configs/experiments.yaml", "compare", "cv")
     assert {"compare_runs", "cv_summary", "finetune"} <= _planned(proc)
     for run in yaml.safe_load((REPO / "configs/experiments.yaml").read_text())["runs"]:
         assert f"results/runs/{run}/eval/metrics.json" in proc.stdout
@@ -211,11 +215,10 @@ def test_the_ablation_plans_every_row_with_its_selection_score(tmp_path):
     ablation = yaml.safe_load((REPO / "configs/ablation.yaml").read_text())
     assert "start_folds" not in ablation.get("finetune", {})
     assert set(ablation["cv"]["runs"]) == set(ablation["runs"]) | {"main"} and ablation["cv"]["select"]
-    cmd = [SNAKEMAKE, "-n", "--cores", "2", "cv", "--configfile", str(REPO / "configs/ablation.yaml")]
-    proc = subprocess.run([*cmd, "-d", str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _dry_run(tmp_path, "configs/ablation.yaml", "cv")
+    folds = yaml.safe_load((REPO / "config.yaml").read_text())["split"]["folds"]
     for run in ablation["cv"]["runs"]:
-        for fold in range(5):
+        for fold in range(folds):
             assert f"results/cv/{run}/fold{fold}/eval/metrics.json" in proc.stdout
             assert f"results/cv/{run}/fold{fold}/select.json" in proc.stdout
 
